@@ -1,0 +1,122 @@
+"""The ``mimcast`` command line.
+
+Each command parses plain arguments and calls one function of ``pipeline``, ``models`` or
+``flows``; imports happen inside the command so that ``mimcast --help`` stays fast and the
+data path never loads Prefect. A user error (bad argument, missing file, invalid
+configuration) prints one line, ``mimcast <command>: error: ...``, and exits with status 2;
+no traceback. Set ``MIMCAST_DEBUG=1`` to see the traceback anyway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+EXIT_USAGE = 2
+EXIT_NOT_IMPLEMENTED = 3
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line, with a pointer to ``--help``."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from pipeline.config import load_toml
+    from pipeline.synthetic import SyntheticConfig, write_archive
+
+    base = load_toml(SyntheticConfig, args.config) if args.config else SyntheticConfig()
+    changes = {
+        "frames": args.frames,
+        "height": args.size[0] if args.size else None,
+        "width": args.size[1] if args.size else None,
+        "step_minutes": args.step_minutes,
+        "seed": args.seed,
+        "start": args.start,
+    }
+    config = dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
+    paths = write_archive(config, args.out_dir, progress=not args.quiet)
+    print(f"wrote {len(paths)} ODIM_H5 files to {Path(args.out_dir).resolve()}")
+    return 0
+
+
+def _not_implemented(issue: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        print(
+            f"mimcast {args.command}: not implemented yet ({issue}); nothing was done",
+            file=sys.stderr,
+        )
+        return EXIT_NOT_IMPLEMENTED
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the parser for ``mimcast`` and all its commands."""
+    parser = _Parser(
+        prog="mimcast",
+        description="Radar nowcasting with MIMNet: synthesise, ingest, train, nowcast, "
+        "evaluate, and serve it all as Prefect deployments.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser(
+        "synth",
+        help="write a synthetic storm archive (ODIM_H5 composites)",
+        description="Write a synthetic storm archive: one ODIM_H5 DBZH composite per time step, "
+        "with advection, growing and decaying deforming cells, stratiform rain, speckle and a "
+        "radar coverage mask. Deterministic per seed.",
+    )
+    p.add_argument("out_dir", metavar="OUT_DIR", help="folder for the files (created)")
+    p.add_argument("--frames", type=int, help="number of time steps (default 24)")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="grid rows, columns")
+    p.add_argument("--step-minutes", type=int, help="minutes between frames (default 5)")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument(
+        "--start", help="UTC time of the first frame, ISO 8601 (default 2024-07-01T12:00)"
+    )
+    p.add_argument("--config", help="TOML file with SyntheticConfig fields; flags override it")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_synth)
+
+    later = {
+        "ingest": ("read radar archives into a chunked Zarr cube", "issue #3"),
+        "train": ("train MIMNet on one or more cubes", "issue #5"),
+        "nowcast": ("nowcast from a cube with a checkpoint, write CF NetCDF", "issue #6"),
+        "evaluate": ("hindcast and score against persistence and extrapolation", "issue #7"),
+        "serve": ("serve all Prefect deployments from one process", "issue #8"),
+        "demo": ("run the whole job on a synthetic archive", "issue #9"),
+    }
+    for name, (text, issue) in later.items():
+        p = sub.add_parser(name, help=f"{text} (not implemented yet)", description=text)
+        p.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        p.set_defaults(func=_not_implemented(issue))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``mimcast`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"mimcast {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, OSError) as err:
+        if os.environ.get("MIMCAST_DEBUG"):
+            raise
+        message = str(err).replace("\n", " ")
+        print(f"mimcast {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""The radar cube: the one data contract between mimcast's stages.
+
+Every stage hands the next an ``xr.Dataset`` that passes :func:`validate_cube`:
+
+- dims ``(time, y, x)`` on the data variable ``reflectivity``;
+- ``time``: UTC instants as timezone-naive ``datetime64``, strictly increasing, no NaT;
+- ``x`` / ``y``: 1-D projected coordinates in metres of the pixel centres, regularly spaced,
+  with CF ``standard_name``, ``axis``, ``units`` and ``long_name``; ``x`` increases eastwards,
+  ``y`` may run either way (north-up images have ``y`` decreasing);
+- ``crs``: a scalar grid-mapping variable with ``crs_wkt`` and, where CF can express the
+  projection, its CF parameters (``grid_mapping_name`` ...), all produced by pyproj;
+- ``reflectivity``: equivalent reflectivity factor in dBZ, ``float32``; ``NaN`` where there is
+  no data (outside radar coverage, or a missing time step); :data:`NO_ECHO_DBZ` where the
+  radar measured and saw no echo (ODIM's ``undetect``); CF ``standard_name``, ``units``,
+  ``long_name`` and ``grid_mapping = "crs"``.
+
+:func:`build_cube` makes such a dataset from arrays; :func:`validate_cube` checks one and
+raises :class:`CubeError`, naming the field and what was expected, at the first violation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyproj
+import xarray as xr
+
+#: dBZ written where the radar measured and found no echo (ODIM ``undetect``). It is the
+#: lowest value of the usual 8-bit DBZH coding (offset -32 dBZ, gain 0.5 dB).
+NO_ECHO_DBZ: float = -32.0
+
+#: Name of the data variable and of the grid-mapping variable.
+VARIABLE = "reflectivity"
+GRID_MAPPING = "crs"
+
+X_ATTRS: dict[str, str] = {
+    "standard_name": "projection_x_coordinate",
+    "long_name": "x coordinate of projection (pixel centre)",
+    "axis": "X",
+    "units": "m",
+}
+Y_ATTRS: dict[str, str] = {
+    "standard_name": "projection_y_coordinate",
+    "long_name": "y coordinate of projection (pixel centre)",
+    "axis": "Y",
+    "units": "m",
+}
+TIME_ATTRS: dict[str, str] = {
+    "standard_name": "time",
+    "long_name": "nominal time of the radar composite (UTC)",
+    "axis": "T",
+}
+REFLECTIVITY_ATTRS: dict[str, str] = {
+    "standard_name": "equivalent_reflectivity_factor",
+    "long_name": "equivalent reflectivity factor",
+    "units": "dBZ",
+    "grid_mapping": GRID_MAPPING,
+}
+#: Encoding for CF/NetCDF/Zarr writers: time in minutes since the epoch, UTC.
+TIME_ENCODING: dict[str, str] = {
+    "units": "minutes since 1970-01-01 00:00:00",
+    "calendar": "standard",
+}
+
+_RELATIVE_SPACING_TOLERANCE = 1e-6
+
+
+class CubeError(ValueError):
+    """A dataset violates the radar cube contract; the message names the field."""
+
+
+def crs_variable(crs: pyproj.CRS | str) -> xr.DataArray:
+    """Return the CF grid-mapping variable for ``crs``.
+
+    Parameters
+    ----------
+    crs
+        Anything ``pyproj.CRS.from_user_input`` accepts (PROJ string, WKT, EPSG code).
+
+    Returns
+    -------
+    xr.DataArray
+        A scalar ``int32`` variable whose attributes are pyproj's CF parameters plus
+        ``crs_wkt`` (always present, also for projections CF cannot name).
+    """
+    crs = pyproj.CRS.from_user_input(crs)
+    attrs: dict[str, Any] = dict(crs.to_cf())
+    attrs["crs_wkt"] = crs.to_wkt()
+    attrs.setdefault("spatial_ref", attrs["crs_wkt"])  # the name GDAL looks for first
+    return xr.DataArray(np.int32(0), attrs=attrs)
+
+
+def cube_crs(ds: xr.Dataset) -> pyproj.CRS:
+    """Return the CRS of a cube, rebuilt from its ``crs`` variable's ``crs_wkt``."""
+    if GRID_MAPPING not in ds.variables:
+        raise CubeError(f"'{GRID_MAPPING}': missing grid-mapping variable")
+    return pyproj.CRS.from_wkt(ds[GRID_MAPPING].attrs["crs_wkt"])
+
+
+def build_cube(
+    reflectivity: Any,
+    times: Sequence[Any] | np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    crs: pyproj.CRS | str,
+    *,
+    source: str | None = None,
+) -> xr.Dataset:
+    """Assemble a radar cube that passes :func:`validate_cube`.
+
+    Parameters
+    ----------
+    reflectivity
+        Array-like ``(time, y, x)`` in dBZ (numpy or dask); cast to ``float32``.
+    times
+        Nominal UTC times, timezone-naive (anything ``np.datetime64`` accepts).
+    x, y
+        Projected pixel-centre coordinates in metres.
+    crs
+        The grid's projection (PROJ string, WKT, EPSG code or ``pyproj.CRS``).
+    source
+        Optional provenance for the global ``source`` attribute.
+
+    Returns
+    -------
+    xr.Dataset
+        The validated cube.
+    """
+    times = np.asarray(times, dtype="datetime64[ns]")
+    data = reflectivity.astype(np.float32) if hasattr(reflectivity, "astype") else reflectivity
+    ds = xr.Dataset(
+        {VARIABLE: (("time", "y", "x"), data, dict(REFLECTIVITY_ATTRS))},
+        coords={
+            "time": ("time", times, dict(TIME_ATTRS)),
+            "y": ("y", np.asarray(y, dtype=np.float64), dict(Y_ATTRS)),
+            "x": ("x", np.asarray(x, dtype=np.float64), dict(X_ATTRS)),
+            GRID_MAPPING: crs_variable(crs),
+        },
+        attrs={"Conventions": "CF-1.8"},
+    )
+    ds["time"].encoding.update(TIME_ENCODING)
+    if source:
+        ds.attrs["source"] = source
+    return validate_cube(ds)
+
+
+def _require_attrs(name: str, actual: dict[str, Any], expected: dict[str, str]) -> None:
+    for key, value in expected.items():
+        if key not in actual:
+            raise CubeError(f"'{name}': missing attribute {key!r} (expected {value!r})")
+        if str(actual[key]) != value:
+            raise CubeError(f"'{name}': attribute {key!r} is {actual[key]!r}, expected {value!r}")
+
+
+def _check_axis(ds: xr.Dataset, name: str, attrs: dict[str, str]) -> None:
+    if name not in ds.coords:
+        raise CubeError(f"'{name}': missing coordinate (projected pixel centres in metres)")
+    coord = ds[name]
+    if coord.dims != (name,):
+        raise CubeError(f"'{name}': must be 1-D along '{name}', got dims {coord.dims}")
+    if not np.issubdtype(coord.dtype, np.floating):
+        raise CubeError(f"'{name}': dtype {coord.dtype}, expected a floating-point type")
+    values = np.asarray(coord.values)
+    if not np.all(np.isfinite(values)):
+        raise CubeError(f"'{name}': contains NaN or infinite values")
+    _require_attrs(name, coord.attrs, attrs)
+    if values.size >= 2:
+        steps = np.diff(values)
+        if name == "x" and np.any(steps <= 0):
+            raise CubeError("'x': must increase strictly (west to east)")
+        if not (np.all(steps > 0) or np.all(steps < 0)):
+            raise CubeError(f"'{name}': must be strictly monotonic")
+        spread = np.abs(steps - steps[0]).max()
+        if spread > _RELATIVE_SPACING_TOLERANCE * abs(steps[0]) + 1e-6:
+            raise CubeError(f"'{name}': grid spacing is irregular (varies by {spread:.3g} m)")
+
+
+def validate_cube(ds: xr.Dataset, *, check_values: bool = False) -> xr.Dataset:
+    """Check that ``ds`` is a radar cube and return it unchanged.
+
+    Parameters
+    ----------
+    ds
+        The dataset to check.
+    check_values
+        Also compute the data (costly for a lazy cube) and reject infinities and values
+        outside the physical range [-50, 100] dBZ.
+
+    Returns
+    -------
+    xr.Dataset
+        ``ds`` itself, so calls can be chained.
+
+    Raises
+    ------
+    CubeError
+        At the first violation, naming the field and what was expected.
+    """
+    if not isinstance(ds, xr.Dataset):
+        raise CubeError(f"cube: expected an xarray.Dataset, got {type(ds).__name__}")
+    if VARIABLE not in ds.data_vars:
+        raise CubeError(f"'{VARIABLE}': missing data variable (dBZ on dims (time, y, x))")
+    refl = ds[VARIABLE]
+    if refl.dims != ("time", "y", "x"):
+        raise CubeError(f"'{VARIABLE}': dims are {refl.dims}, expected ('time', 'y', 'x')")
+    if refl.dtype != np.float32:
+        raise CubeError(f"'{VARIABLE}': dtype is {refl.dtype}, expected float32 (NaN = no data)")
+    _require_attrs(VARIABLE, refl.attrs, REFLECTIVITY_ATTRS)
+
+    if "time" not in ds.coords:
+        raise CubeError("'time': missing coordinate (UTC datetime64)")
+    time = ds["time"]
+    if not np.issubdtype(time.dtype, np.datetime64):
+        raise CubeError(f"'time': dtype is {time.dtype}, expected datetime64 (naive, UTC)")
+    tvalues = np.asarray(time.values)
+    if np.any(np.isnat(tvalues)):
+        raise CubeError("'time': contains NaT")
+    if tvalues.size >= 2 and np.any(np.diff(tvalues) <= np.timedelta64(0, "ns")):
+        raise CubeError("'time': must increase strictly (sort and drop duplicates first)")
+    _require_attrs("time", time.attrs, {"standard_name": "time"})
+
+    _check_axis(ds, "x", X_ATTRS)
+    _check_axis(ds, "y", Y_ATTRS)
+
+    if GRID_MAPPING not in ds.variables:
+        raise CubeError(f"'{GRID_MAPPING}': missing grid-mapping variable (with crs_wkt)")
+    gm = ds[GRID_MAPPING]
+    if gm.ndim != 0:
+        raise CubeError(f"'{GRID_MAPPING}': must be a scalar variable, got dims {gm.dims}")
+    if "crs_wkt" not in gm.attrs:
+        raise CubeError(f"'{GRID_MAPPING}': missing attribute 'crs_wkt'")
+    try:
+        crs = pyproj.CRS.from_wkt(gm.attrs["crs_wkt"])
+    except pyproj.exceptions.CRSError as err:
+        raise CubeError(f"'{GRID_MAPPING}': crs_wkt does not parse: {err}") from err
+    if not crs.is_projected:
+        raise CubeError(f"'{GRID_MAPPING}': expected a projected CRS, got {crs.name!r}")
+    units = {axis.unit_name for axis in crs.axis_info}
+    if units != {"metre"}:
+        raise CubeError(f"'{GRID_MAPPING}': axis units are {sorted(units)}, expected metre")
+    cf_name = crs.to_cf().get("grid_mapping_name")
+    if cf_name and gm.attrs.get("grid_mapping_name") != cf_name:
+        raise CubeError(
+            f"'{GRID_MAPPING}': attribute 'grid_mapping_name' is "
+            f"{gm.attrs.get('grid_mapping_name')!r}, expected {cf_name!r} (use crs_variable())"
+        )
+
+    if check_values:
+        values = np.asarray(refl.values)
+        finite = values[np.isfinite(values)]
+        if np.isinf(values).any():
+            raise CubeError(f"'{VARIABLE}': contains infinite values (use NaN for no data)")
+        if finite.size and (finite.min() < -50.0 or finite.max() > 100.0):
+            raise CubeError(
+                f"'{VARIABLE}': values span [{finite.min():.1f}, {finite.max():.1f}] dBZ, "
+                "expected within [-50, 100]; is the input rain rate or raw counts?"
+            )
+    return ds
+
+
+def regular_grid(
+    x0: float, y0: float, dx: float, dy: float, width: int, height: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return pixel-centre ``(x, y)`` for a north-up grid whose upper-left corner is ``(x0, y0)``.
+
+    ``x`` increases by ``dx`` and ``y`` decreases by ``dy`` (both positive sizes in metres).
+    """
+    x = x0 + dx * (np.arange(width) + 0.5)
+    y = y0 - dy * (np.arange(height) + 0.5)
+    return x, y

@@ -1,0 +1,33 @@
+"""Typed TOML configuration: nested tables, tuples, and unknown keys rejected by name."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.config import ConfigError, from_mapping, load_toml, to_dict
+from pipeline.synthetic import StormCell, SyntheticConfig
+
+
+def test_toml_fills_nested_dataclasses_and_tuples(tmp_path):
+    path = tmp_path / "synth.toml"
+    path.write_text(
+        "frames = 5\nwind_u = 3\ncell_radius = [2.0, 4.0]\n"
+        "[[cells]]\nbirth = 1\nlifetime = 9\ncol = 10\nrow = 12\npeak_rain = 30\nradius = 4\n"
+    )
+    config = load_toml(SyntheticConfig, path)
+    assert config.frames == 5 and config.wind_u == 3.0 and isinstance(config.wind_u, float)
+    assert config.cell_radius == (2.0, 4.0)
+    assert config.cells == (StormCell(1, 9, 10, 12, 30, 4),)
+    assert from_mapping(SyntheticConfig, to_dict(config)) == config
+
+
+def test_unknown_and_invalid_keys_name_file_and_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) 'colour'.*known keys: .*frames"):
+        from_mapping(SyntheticConfig, {"colour": "red"}, where="my.toml")
+    path = tmp_path / "bad.toml"
+    path.write_text("[[cells]]\nbirth = 1\nlifetime = 2\ncol = 1\nrow = 1\npeak_rain = 1\n")
+    with pytest.raises(ConfigError, match=r"bad.toml.*radius"):
+        load_toml(SyntheticConfig, path)
+    path.write_text("frames = [")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_toml(SyntheticConfig, path)

@@ -1,0 +1,292 @@
+"""MIMNet: faithful structure, any grid size, explicit state, gradients, and it learns."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from models.mimnet import (
+    MIMN,
+    MIMBlock,
+    MIMNet,
+    MIMNetConfig,
+    STLSTMCell,
+    autocast,
+    compile_step,
+    from_patches,
+    to_patches,
+)
+
+TINY = MIMNetConfig(
+    input_length=3, output_length=2, num_layers=3, num_hidden=8, filter_size=3, patch_size=2
+)
+
+
+def tiny(**changes) -> MIMNet:
+    torch.manual_seed(0)
+    return MIMNet(dataclasses.replace(TINY, **changes)).eval()
+
+
+def frames(b: int, t: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, t, 1, h, w, generator=g)
+
+
+def test_default_model_on_two_grids_same_parameters_same_outputs():
+    """The issue's check: MIMNet(MIMNetConfig()) on 64x64 and 96x80."""
+    torch.manual_seed(0)
+    model = MIMNet(MIMNetConfig()).eval()
+    cfg = model.config
+    shapes_before = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for h, w in [(64, 64), (96, 80)]:
+            x = frames(1, cfg.input_length, h, w)
+            y1, y2 = model(x), model(x)
+            assert y1.shape == (1, cfg.output_length, cfg.in_channels, h, w)
+            assert torch.equal(y1, y2)
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == shapes_before
+
+
+@pytest.mark.parametrize(("h", "w"), [(16, 16), (17, 23), (5, 9), (40, 12)])
+@pytest.mark.parametrize("patch", [1, 2, 4])
+def test_output_shapes_for_any_grid(h, w, patch):
+    model = tiny(patch_size=patch)
+    with torch.no_grad():
+        y = model(frames(2, TINY.input_length, h, w))
+    assert y.shape == (2, TINY.output_length, 1, h, w)
+    assert torch.isfinite(y).all()
+
+
+def test_no_parameter_shape_involves_the_grid():
+    model = tiny(patch_size=1)
+    k, nh = TINY.filter_size, TINY.num_hidden
+    for name, p in model.named_parameters():
+        if p.ndim == 4:  # conv weights: spatial dims are kernel sizes only
+            assert p.shape[2:] in ((k, k), (1, 1)), name
+        elif p.ndim == 3:  # per-channel peepholes
+            assert p.shape == (nh, 1, 1), name
+        else:
+            assert p.ndim == 1, name
+    # and the same weights run on two different grids
+    with torch.no_grad():
+        model(frames(1, 3, 12, 12))
+        model(frames(1, 3, 31, 7))
+
+
+def test_no_state_leaks_between_calls_or_batches():
+    model = tiny()
+    x = frames(3, TINY.input_length, 20, 24, seed=1)
+    with torch.no_grad():
+        full = model(x)
+        model(frames(5, TINY.input_length, 8, 8, seed=2))  # an unrelated call in between
+        again = model(x)
+        last_small_batch = model(x[2:])  # smaller last batch, as a DataLoader gives
+    assert torch.equal(full, again)
+    torch.testing.assert_close(last_small_batch, full[2:], rtol=1e-5, atol=1e-6)
+
+
+def test_layer_1_is_st_lstm_and_the_others_mim_blocks():
+    model = tiny(num_layers=4)
+    layers = list(model.stack.layers)
+    assert isinstance(layers[0], STLSTMCell)
+    assert all(isinstance(layer, MIMBlock) for layer in layers[1:])
+    assert all(isinstance(layer.mim_n, MIMN) for layer in layers[1:])
+    assert not any(isinstance(m, MIMBlock) for m in layers[0].modules())
+
+
+def test_gradients_reach_every_parameter():
+    model = tiny().train()
+    x = frames(2, TINY.total_length, 12, 12)
+    mask = torch.ones(2, TINY.total_length - 2)
+    mask[:, TINY.input_length - 1 :] = 0.5
+    loss = ((model(x, mask) - x[:, TINY.input_length :]) ** 2).mean()
+    loss.backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
+    assert not dead
+
+
+def _capture_mimn_inputs(model: MIMNet) -> list[list[torch.Tensor]]:
+    seen: list[list[torch.Tensor]] = [[] for _ in model.stack.layers[1:]]
+    for i, layer in enumerate(model.stack.layers[1:]):
+        layer.mim_n.register_forward_hook(
+            lambda mod, args, out, i=i: seen[i].append((args[0].clone(), out[0].clone()))
+        )
+    return seen
+
+
+def _memoryless_first_layer(model: MIMNet) -> None:
+    """Make layer 1's hidden state a function of the current frame only."""
+    cell = model.stack.layers[0]
+    nh = model.config.num_hidden
+    with torch.no_grad():
+        for conv in (cell.conv_h.conv, cell.conv_m.conv):
+            conv.weight.zero_()
+            conv.bias.zero_()
+        bias = cell.conv_x.conv.bias
+        bias[1 * nh : 2 * nh] = -1e4  # f: forget the cell memory
+        bias[4 * nh : 5 * nh] = -1e4  # f': forget the spatiotemporal memory
+
+
+def test_difference_path_sees_change_and_only_change():
+    model = tiny(layer_norm=False)
+    _memoryless_first_layer(model)
+    seen = _capture_mimn_inputs(model)
+    still = frames(1, 1, 16, 16).repeat(1, TINY.input_length, 1, 1, 1)  # identical frames
+    with torch.no_grad():
+        model(still)
+    diffs_layer2 = [d for d, _ in seen[0]]
+    # identical consecutive frames: H^1_t == H^1_{t-1}, so MIM-N gets exactly zero
+    assert all(torch.count_nonzero(d) == 0 for d in diffs_layer2[: TINY.input_length])
+    # and MIM-N's output then depends on its own memory only: D is the same for zero diffs
+    for layer in seen:
+        layer.clear()
+    moving = frames(1, TINY.input_length, 16, 16, seed=5)
+    with torch.no_grad():
+        model(moving)
+    assert all(torch.count_nonzero(d) > 0 for d, _ in seen[0][1 : TINY.input_length])
+
+
+def test_perturbing_the_previous_hidden_state_below_changes_mim_n():
+    model = tiny()
+    x = to_patches(frames(2, 1, 16, 16), TINY.patch_size)[:, 0]  # (B, C p^2, h, w)
+    state = model.stack.init_state(x)
+    with torch.no_grad():
+        _, state = model.step(x, state, first=True)
+        block = model.stack.layers[1]
+        h_below_now = model.stack.layers[0](x, state.h[0], state.c[0], state.m)[0]
+        d_ref, _ = block.mim_n(h_below_now - state.h[0], state.n[0])
+        perturbed = state._replace(h=(state.h[0] + 0.1, *state.h[1:]))
+        # same H_t^{l-1}, different H_{t-1}^{l-1}: the difference and D change
+        d_pert, _ = block.mim_n(h_below_now - perturbed.h[0], state.n[0])
+        assert (d_pert - d_ref).abs().max() > 1e-4
+        # and through the whole stack step, layer 2's MIM-N memory changes too
+        _, s_ref = model.step(x, state)
+        _, s_pert = model.step(x, perturbed)
+        assert (s_pert.n[0] - s_ref.n[0]).abs().max() > 1e-4
+
+
+def test_cascade_flag_feeds_d_of_the_layer_below():
+    model = tiny(diff_input="cascade", num_layers=4)
+    seen = _capture_mimn_inputs(model)
+    with torch.no_grad():
+        model(frames(1, TINY.input_length, 12, 12))
+    for t in range(1, TINY.input_length):
+        for layer in (1, 2):  # MIM layers 3 and 4 get D of layers 2 and 3
+            assert torch.equal(seen[layer][t][0], seen[layer - 1][t][1])
+
+
+def test_first_step_flag():
+    x = frames(1, TINY.input_length, 12, 12)
+    zero, state = tiny(first_step_diff="zero"), tiny(first_step_diff="state")
+    seen_zero, seen_state = _capture_mimn_inputs(zero), _capture_mimn_inputs(state)
+    with torch.no_grad():
+        zero(x)
+        state(x)
+    assert torch.count_nonzero(seen_zero[0][0][0]) == 0
+    assert torch.count_nonzero(seen_state[0][0][0]) > 0
+    torch.testing.assert_close(seen_zero[0][1][0], seen_state[0][1][0], atol=1, rtol=1)
+
+
+def test_scheduled_sampling_mask_semantics():
+    model = tiny()
+    x = frames(2, TINY.total_length, 12, 12, seed=3)
+    steps = TINY.total_length - 2
+    with torch.no_grad():
+        free = model(x[:, : TINY.input_length])
+        zeros_mask = torch.ones(2, steps)
+        zeros_mask[:, TINY.input_length - 1 :] = 0  # observed inputs, own predictions after
+        assert torch.allclose(model(x, zeros_mask), free, atol=1e-6)
+        teacher = model(x, torch.ones(2, steps))  # fed the true frames throughout
+        assert not torch.allclose(teacher, free, atol=1e-4)
+        pixel_mask = torch.ones(2, steps, 1, 12, 12)
+        assert torch.allclose(model(x, pixel_mask), teacher, atol=1e-6)
+    with pytest.raises(ValueError, match="mask"):
+        model(x, torch.ones(2, steps + 1))
+    with pytest.raises(ValueError, match="time steps"):
+        model(x[:, :2])
+
+
+def test_patching_round_trips_any_grid():
+    x = torch.rand(2, 3, 2, 13, 18)
+    p = to_patches(x, 4)
+    assert p.shape == (2, 3, 32, 4, 5)
+    assert torch.equal(from_patches(p, 4, 13, 18), x)
+
+
+def test_bf16_autocast_on_cpu_stays_close_to_fp32():
+    model = tiny()
+    x = frames(1, TINY.input_length, 16, 16)
+    with torch.no_grad():
+        ref = model(x)
+        with autocast("cpu"):
+            low = model(x)
+    assert low.dtype == torch.bfloat16
+    assert torch.isfinite(low).all()
+    assert (low.float() - ref).abs().max() < 0.1
+
+
+def test_torch_compile_option_matches_eager():
+    model = tiny(num_layers=2)
+    x = frames(1, TINY.input_length, 12, 12)
+    with torch.no_grad():
+        eager = model(x)
+        compiled = compile_step(tiny(num_layers=2))(x)
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+
+
+def test_a_tiny_model_overfits_one_synthetic_sequence():
+    from pipeline.synthetic import SyntheticConfig, synthetic_cube
+
+    weather = SyntheticConfig(
+        height=48, width=48, frames=8, seed=4, radars=1, cell_rate=4.0, stratiform_fraction=0.3
+    )
+    cube = synthetic_cube(weather)
+    dbz = np.nan_to_num(cube.reflectivity.values, nan=0.0)
+    seq = torch.from_numpy(np.clip(dbz, 0, 60) / 60.0).float()[None, :, None]  # (1, 8, 1, H, W)
+    assert seq[0, 4:].mean() > 0.05  # there is weather to learn
+    config = MIMNetConfig(
+        input_length=4, output_length=4, num_layers=2, num_hidden=16, filter_size=3, patch_size=4
+    )
+    torch.manual_seed(0)
+    model = MIMNet(config).train()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    start, losses = time.monotonic(), []
+    while time.monotonic() - start < 50 and len(losses) < 400:
+        opt.zero_grad()
+        loss = ((model(seq[:, :4]) - seq[:, 4:]) ** 2).mean()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if losses[-1] < losses[0] / 20:
+            break
+    assert min(losses[-5:]) < losses[0] / 10, (losses[0], losses[-5:], len(losses))
+
+
+def test_invalid_config_names_the_field():
+    with pytest.raises(ValueError, match="filter_size=4"):
+        MIMNetConfig(filter_size=4)
+    with pytest.raises(ValueError, match="diff_input"):
+        MIMNetConfig(diff_input="both")
+    with pytest.raises(ValueError, match="channels"):
+        tiny()(torch.rand(1, 3, 2, 8, 8))
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_channels_last_forward_and_backward():
+    device = torch.device("cuda")
+    model = tiny(channels_last=True).to(device).to(memory_format=torch.channels_last).train()
+    x = frames(4, TINY.total_length, 64, 48).to(device)
+    with autocast(device):
+        y = model(x[:, : TINY.input_length])
+        loss = ((y.float() - x[:, TINY.input_length :]) ** 2).mean()
+    loss.backward()
+    assert y.shape == (4, TINY.output_length, 1, 64, 48)
+    assert all(p.grad is not None for p in model.parameters())
+    with torch.no_grad():
+        ref = tiny().to(device)(x[:, : TINY.input_length])
+        same = tiny(channels_last=True).to(device)(x[:, : TINY.input_length])
+    torch.testing.assert_close(same, ref, rtol=1e-3, atol=1e-4)

@@ -1,0 +1,164 @@
+"""Benchmark MIMNet: train-step throughput, inference latency and peak memory, as JSON.
+
+Usage::
+
+    python bench/model.py                       # CPU, and CUDA when present
+    python bench/model.py --device cuda --compile
+    python bench/model.py --cases small --precisions fp32 bf16 --repeats 5
+
+Each case runs in a fresh process so that peak memory (``ru_maxrss`` on CPU,
+``torch.cuda.max_memory_allocated`` on CUDA) belongs to that case alone. One JSON object per
+line on stdout, then a summary array. Timings are medians over ``--repeats`` after warm-up;
+this script never asserts on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+CASES = {
+    # name: (num_layers, num_hidden, patch_size, height, width, input_length, output_length)
+    "small": (4, 64, 4, 64, 64, 10, 10),
+    "large": (4, 128, 4, 256, 256, 10, 10),
+}
+
+
+def _sync(device):
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn, device, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run_case(name: str, device_name: str, precision: str, batch: int, repeats: int, compile_):
+    import torch
+
+    from models.mimnet import MIMNet, MIMNetConfig, autocast, compile_step, count_parameters
+
+    layers, hidden, patch, h, w, t_in, t_out = CASES[name]
+    device = torch.device(device_name)
+    torch.manual_seed(0)
+    config = MIMNetConfig(
+        num_layers=layers, num_hidden=hidden, patch_size=patch, input_length=t_in,
+        output_length=t_out, channels_last=device.type == "cuda",
+    )  # fmt: skip
+    model = MIMNet(config).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if compile_:
+        compile_step(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.rand(batch, t_in + t_out, 1, h, w, device=device)
+    mask = torch.ones(batch, t_in + t_out - 2, device=device)
+    mask[:, t_in - 1 :] = 0.5
+    use_bf16 = precision == "bf16"
+
+    def train_step():
+        opt.zero_grad(set_to_none=True)
+        with autocast(device, enabled=use_bf16):
+            pred = model(x, mask)
+            loss = ((pred.float() - x[:, t_in:]) ** 2).mean()
+        loss.backward()
+        opt.step()
+
+    def infer():
+        with torch.inference_mode(), autocast(device, enabled=use_bf16):
+            model(x[:1, :t_in])
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    train_step()  # warm-up (and compilation)
+    infer()
+    train_s = _timed(train_step, device, repeats)
+    infer_s = _timed(infer, device, repeats)
+    if device.type == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "case": name,
+        "device": device_name,
+        "device_name": torch.cuda.get_device_name()
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "precision": precision,
+        "compiled": compile_,
+        "layers": layers,
+        "hidden": hidden,
+        "patch": patch,
+        "grid": [h, w],
+        "frames": [t_in, t_out],
+        "params": count_parameters(model),
+        "batch": batch,
+        "train_samples_per_s": round(batch / train_s, 3),
+        "train_step_s": round(train_s, 4),
+        "inference_latency_s": round(infer_s, 4),
+        "peak_memory_mb": round(peak_mb, 1),
+        "peak_memory_kind": "cuda_max_allocated" if device.type == "cuda" else "process_max_rss",
+        "torch": torch.__version__,
+    }
+
+
+def _child(queue, *args):
+    try:
+        queue.put(run_case(*args))
+    except Exception as err:  # report, never hide: the JSON says what failed
+        queue.put({"case": args[0], "device": args[1], "precision": args[2], "error": repr(err)})
+
+
+def main(argv=None) -> int:
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", nargs="+", default=None, help="cpu and/or cuda")
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--batch", type=int, default=None, help="default: 4 on CUDA, 1 on CPU")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the step")
+    args = parser.parse_args(argv)
+    devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    results = []
+    ctx = mp.get_context("spawn")
+    for device in devices:
+        batch = args.batch or (4 if device == "cuda" else 1)
+        for case in args.cases:
+            for precision in args.precisions:
+                queue = ctx.Queue()
+                proc = ctx.Process(
+                    target=_child,
+                    args=(queue, case, device, precision, batch, args.repeats, args.compile),
+                )
+                proc.start()
+                result = queue.get()
+                proc.join()
+                print(json.dumps(result), flush=True)
+                results.append(result)
+    print(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

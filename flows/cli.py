@@ -18,6 +18,7 @@ from pathlib import Path
 
 EXIT_USAGE = 2
 EXIT_NOT_IMPLEMENTED = 3
+EXIT_PARTIAL = 4  # the command finished, but skipped some input (see its report)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,6 +45,33 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     paths = write_archive(config, args.out_dir, progress=not args.quiet)
     print(f"wrote {len(paths)} ODIM_H5 files to {Path(args.out_dir).resolve()}")
     return 0
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from pipeline.ingest import IngestOptions, ingest, report_path
+    from pipeline.readers import ZR, get_reader
+
+    if args.format != "auto":
+        get_reader(args.format)  # an unknown name fails here, listing the known ones
+    options = IngestOptions(
+        format=args.format,
+        zr=ZR(args.zr[0], args.zr[1]),
+        step_minutes=args.step_minutes,
+        crop=tuple(args.crop) if args.crop else None,
+        coarsen=args.coarsen,
+        scheduler=args.scheduler,
+    )
+    report = ingest(args.paths, args.out, options, progress=not args.quiet)
+    print(
+        f"{report.status}: {report.new_frames} new frames, {report.filled_gaps} gaps filled, "
+        f"{report.unchanged} unchanged, {len(report.skipped)} skipped, "
+        f"{len(report.duplicates)} duplicates, {len(report.conflicts)} conflicts, "
+        f"{len(report.gaps)} gaps in {report.time_range[0]} .. {report.time_range[-1]}"
+    )
+    for item in report.skipped + report.conflicts:
+        print(f"  skipped {item['file']}: {item['reason']}", file=sys.stderr)
+    print(f"cube: {Path(args.out).resolve()}  report: {report_path(args.out).resolve()}")
+    return 0 if report.complete else EXIT_PARTIAL
 
 
 def _not_implemented(issue: str) -> Callable[[argparse.Namespace], int]:
@@ -86,8 +114,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_synth)
 
+    p = sub.add_parser(
+        "ingest",
+        help="read radar archives into a chunked Zarr cube",
+        description="Read radar files (ODIM_H5, CF NetCDF, MRMS GRIB2, RADOLAN, KNMI HDF5, FMI "
+        "PGM, MeteoSwiss GIF) into one chunked, compressed Zarr cube of reflectivity (dBZ). "
+        "Broken files are listed in the report beside the cube and left untouched. Exit "
+        f"status: 0 complete, {EXIT_PARTIAL} partial (some input skipped), {EXIT_USAGE} error.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files, directories or globs")
+    p.add_argument(
+        "--out", required=True, metavar="CUBE.zarr", help="Zarr store (created or extended)"
+    )
+    p.add_argument("--format", default="auto", help="reader name or 'auto' (detect by content)")
+    p.add_argument(
+        "--zr",
+        type=float,
+        nargs=2,
+        default=(200.0, 1.6),
+        metavar=("A", "B"),
+        help="Z = A R^B for rain rates and accumulations (default 200 1.6)",
+    )
+    p.add_argument("--step-minutes", type=int, help="time step (default: inferred)")
+    p.add_argument(
+        "--crop",
+        type=float,
+        nargs=4,
+        metavar=("XMIN", "YMIN", "XMAX", "YMAX"),
+        help="keep pixels inside this box (metres of the grid's projection)",
+    )
+    p.add_argument("--coarsen", type=int, default=1, help="block-average factor (linear Z)")
+    p.add_argument(
+        "--scheduler",
+        default="threads",
+        choices=["threads", "processes", "synchronous"],
+        help="dask scheduler for reading (default threads)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_ingest)
+
     later = {
-        "ingest": ("read radar archives into a chunked Zarr cube", "issue #3"),
         "train": ("train MIMNet on one or more cubes", "issue #5"),
         "nowcast": ("nowcast from a cube with a checkpoint, write CF NetCDF", "issue #6"),
         "evaluate": ("hindcast and score against persistence and extrapolation", "issue #7"),

@@ -20,6 +20,8 @@ raises :class:`CubeError`, naming the field and what was expected, at the first 
 
 from __future__ import annotations
 
+import functools
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -85,11 +87,21 @@ def crs_variable(crs: pyproj.CRS | str) -> xr.DataArray:
         A scalar ``int32`` variable whose attributes are pyproj's CF parameters plus
         ``crs_wkt`` (always present, also for projections CF cannot name).
     """
-    crs = pyproj.CRS.from_user_input(crs)
-    attrs: dict[str, Any] = dict(crs.to_cf())
-    attrs["crs_wkt"] = crs.to_wkt()
-    attrs.setdefault("spatial_ref", attrs["crs_wkt"])  # the name GDAL looks for first
-    return xr.DataArray(np.int32(0), attrs=attrs)
+    wkt = pyproj.CRS.from_user_input(crs).to_wkt()
+    return xr.DataArray(np.int32(0), attrs=dict(_cf_attrs(wkt)))
+
+
+@functools.lru_cache(maxsize=64)
+def _cf_attrs(wkt: str) -> tuple[tuple[str, Any], ...]:
+    """CF grid-mapping attributes for a CRS (cached: readers call this once per frame)."""
+    crs = pyproj.CRS.from_wkt(wkt)
+    with warnings.catch_warnings():
+        # pyproj warns when a parameter has no CF name; crs_wkt below keeps all of them
+        warnings.simplefilter("ignore", UserWarning)
+        attrs: dict[str, Any] = dict(crs.to_cf())
+    attrs["crs_wkt"] = wkt
+    attrs.setdefault("spatial_ref", wkt)  # the name GDAL looks for first
+    return tuple(attrs.items())
 
 
 def cube_crs(ds: xr.Dataset) -> pyproj.CRS:
@@ -177,6 +189,14 @@ def _check_axis(ds: xr.Dataset, name: str, attrs: dict[str, str]) -> None:
             raise CubeError(f"'{name}': grid spacing is irregular (varies by {spread:.3g} m)")
 
 
+@functools.lru_cache(maxsize=64)
+def _crs_facts(wkt: str) -> tuple[bool, tuple[str, ...], str | None]:
+    """Whether a CRS is projected, its axis units and CF grid-mapping name (cached)."""
+    crs = pyproj.CRS.from_wkt(wkt)
+    units = tuple(sorted({axis.unit_name for axis in crs.axis_info}))
+    return crs.is_projected, units, dict(_cf_attrs(wkt)).get("grid_mapping_name")
+
+
 def validate_cube(ds: xr.Dataset, *, check_values: bool = False) -> xr.Dataset:
     """Check that ``ds`` is a radar cube and return it unchanged.
 
@@ -232,15 +252,13 @@ def validate_cube(ds: xr.Dataset, *, check_values: bool = False) -> xr.Dataset:
     if "crs_wkt" not in gm.attrs:
         raise CubeError(f"'{GRID_MAPPING}': missing attribute 'crs_wkt'")
     try:
-        crs = pyproj.CRS.from_wkt(gm.attrs["crs_wkt"])
+        is_projected, units, cf_name = _crs_facts(str(gm.attrs["crs_wkt"]))
     except pyproj.exceptions.CRSError as err:
         raise CubeError(f"'{GRID_MAPPING}': crs_wkt does not parse: {err}") from err
-    if not crs.is_projected:
-        raise CubeError(f"'{GRID_MAPPING}': expected a projected CRS, got {crs.name!r}")
-    units = {axis.unit_name for axis in crs.axis_info}
-    if units != {"metre"}:
-        raise CubeError(f"'{GRID_MAPPING}': axis units are {sorted(units)}, expected metre")
-    cf_name = crs.to_cf().get("grid_mapping_name")
+    if not is_projected:
+        raise CubeError(f"'{GRID_MAPPING}': expected a projected CRS")
+    if units != ("metre",):
+        raise CubeError(f"'{GRID_MAPPING}': axis units are {list(units)}, expected metre")
     if cf_name and gm.attrs.get("grid_mapping_name") != cf_name:
         raise CubeError(
             f"'{GRID_MAPPING}': attribute 'grid_mapping_name' is "

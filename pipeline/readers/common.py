@@ -1,0 +1,117 @@
+"""Shared pieces of the readers: errors, the Z-R relation, and building a one-frame cube.
+
+Every reader returns one time step under the cube contract (:mod:`pipeline.cube`). Rain
+rates and accumulations become reflectivity through a configurable Z = a R^b relation
+(:class:`ZR`, Marshall-Palmer by default). The original quantity and the relation used are
+kept as attributes of ``reflectivity`` (``source_quantity``, ``source_units``, ``zr_a``,
+``zr_b``, and ``accumulation_minutes`` for accumulations) so products can convert back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pyproj
+import xarray as xr
+
+from pipeline.cube import NO_ECHO_DBZ, VARIABLE, build_cube
+
+
+class ReaderError(ValueError):
+    """A file cannot be read as the requested format; the message names file and problem."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path, self.problem = str(path), problem
+
+
+@dataclass(frozen=True)
+class ZR:
+    """Z = a R^b with Z in mm^6 m^-3 and R in mm/h."""
+
+    a: float = 200.0  # Marshall-Palmer
+    b: float = 1.6  # Marshall-Palmer
+
+    def __post_init__(self) -> None:
+        if self.a <= 0 or self.b <= 0:
+            raise ValueError(f"Z-R relation a={self.a}, b={self.b}: both must be positive")
+
+
+MARSHALL_PALMER = ZR()
+
+
+def rate_to_dbz(rate: np.ndarray, zr: ZR = MARSHALL_PALMER) -> np.ndarray:
+    """Return dBZ for rain rate (mm/h): NaN stays NaN, rate <= 0 becomes ``NO_ECHO_DBZ``."""
+    rate = np.asarray(rate, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dbz = 10.0 * np.log10(zr.a) + 10.0 * zr.b * np.log10(rate)
+    dbz = np.where(rate > 0, np.maximum(dbz, NO_ECHO_DBZ), NO_ECHO_DBZ)
+    return np.where(np.isnan(rate), np.nan, dbz).astype(np.float32)
+
+
+def dbz_to_rate(dbz: np.ndarray, zr: ZR = MARSHALL_PALMER) -> np.ndarray:
+    """Return rain rate (mm/h) for dBZ; ``NO_ECHO_DBZ`` (no echo) becomes 0, NaN stays NaN."""
+    dbz = np.asarray(dbz, dtype=np.float64)
+    rate = (10.0 ** (dbz / 10.0) / zr.a) ** (1.0 / zr.b)
+    return np.where(dbz <= NO_ECHO_DBZ, 0.0, rate)
+
+
+def frame(
+    path: str | Path,
+    dbz: np.ndarray,
+    time: datetime | np.datetime64,
+    x: np.ndarray,
+    y: np.ndarray,
+    crs: pyproj.CRS | str,
+    *,
+    quantity: str,
+    units: str,
+    zr: ZR | None = None,
+    accumulation_minutes: float | None = None,
+    institution: str | None = None,
+) -> xr.Dataset:
+    """Return a one-time-step cube for ``dbz`` ``(y, x)``, with provenance attributes."""
+    dbz = np.asarray(dbz, dtype=np.float32)
+    if dbz.shape != (len(y), len(x)):
+        raise ReaderError(path, f"data shape {dbz.shape} does not match the grid {len(y)}x{len(x)}")
+    ds = build_cube(dbz[None], [np.datetime64(time, "ns")], x, y, crs, source=str(Path(path).name))
+    attrs = ds[VARIABLE].attrs
+    attrs["source_quantity"] = quantity
+    attrs["source_units"] = units
+    if zr is not None:
+        attrs["zr_a"], attrs["zr_b"] = float(zr.a), float(zr.b)
+    if accumulation_minutes is not None:
+        attrs["accumulation_minutes"] = float(accumulation_minutes)
+    if institution:
+        ds.attrs["institution"] = institution
+    return ds
+
+
+def parse_time(path: str | Path, text: str, fmt: str) -> datetime:
+    """Parse ``text`` with ``fmt`` or raise a :class:`ReaderError` naming the file."""
+    try:
+        return datetime.strptime(text.strip(), fmt)
+    except ValueError as err:
+        raise ReaderError(path, f"time {text!r} does not match {fmt!r}") from err
+
+
+def crs_from_proj(path: str | Path, projdef: str) -> pyproj.CRS:
+    """Return the CRS of a PROJ string or raise a :class:`ReaderError` naming the file."""
+    if not projdef or not projdef.strip():
+        raise ReaderError(path, "missing projection (empty projection definition)")
+    try:
+        return pyproj.CRS.from_proj4(projdef) if "+proj" in projdef else pyproj.CRS(projdef)
+    except pyproj.exceptions.CRSError as err:
+        raise ReaderError(path, f"projection {projdef!r} not understood: {err}") from err
+
+
+def text(value) -> str:
+    """Decode an HDF5 string attribute (bytes, numpy bytes or 1-element array)."""
+    if isinstance(value, np.ndarray):
+        value = value.ravel()[0] if value.size else b""
+    if isinstance(value, bytes | np.bytes_):
+        return value.decode("ascii", errors="replace").rstrip("\x00")
+    return str(value)

@@ -502,7 +502,10 @@ def _write(out, existing, template, new, grid, step, options, report, progress) 
                 part = ds.isel(time=slice(i, i + 1)).drop_vars([GRID_MAPPING, "x", "y"])
                 for name in part.variables:
                     part[name].encoding = {}
-                part.to_zarr(out, region={"time": slice(i, i + 1)}, consolidated=False)
+                # one region at a time, sequentially: a partial Zarr chunk is safe to rewrite
+                part.chunk({"time": 1}).to_zarr(
+                    out, region={"time": slice(i, i + 1)}, consolidated=False, safe_chunks=False
+                )
             report.filled_gaps = len(fills)
             if len(axis) > n_old:
                 tail = ds.isel(time=slice(n_old, None)).drop_vars([GRID_MAPPING, "x", "y"])

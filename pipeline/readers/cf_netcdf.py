@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -60,12 +61,19 @@ def _valid_time(ds: xr.Dataset, var: xr.DataArray, path) -> np.datetime64:
     return np.datetime64(times[0].values.ravel()[-1], "ns")
 
 
+#: The netCDF-C library is not thread-safe: readers in dask threads take turns.
+NETCDF_LOCK = threading.Lock()
+
+
 def read_cf_netcdf(path: str | Path, *, zr: ZR = MARSHALL_PALMER) -> xr.Dataset:
     """Read one gridded CF NetCDF time step as a one-frame cube (dBZ)."""
-    try:
-        ds = xr.open_dataset(path, engine="netcdf4", mask_and_scale=True, decode_times=True)
-    except (OSError, ValueError) as err:
-        raise ReaderError(path, f"not a readable NetCDF file ({err})") from err
+    with NETCDF_LOCK:
+        try:
+            ds = xr.open_dataset(path, engine="netcdf4", mask_and_scale=True, decode_times=True)
+            ds.load()
+        except (OSError, ValueError, RuntimeError, AttributeError) as err:
+            raise ReaderError(path, f"not a readable NetCDF file ({err})") from err
+        ds.close()
     with ds:
         var = _data_variable(ds, path)
         if var.ndim == 3 and var.shape[0] == 1:

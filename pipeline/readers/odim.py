@@ -102,6 +102,8 @@ def read_odim(path: str | Path, *, zr: ZR = MARSHALL_PALMER, quantity: str | Non
     elif "UL_lon" in geo and "UL_lat" in geo:
         to_xy = pyproj.Transformer.from_crs("EPSG:4326", crs, always_xy=True)
         ul_x, ul_y = to_xy.transform(float(geo["UL_lon"]), float(geo["UL_lat"]))
+        # lat/lon corners carry projection round-off: snap to the millimetre
+        ul_x, ul_y = round(ul_x, 3), round(ul_y, 3)
     else:
         raise ReaderError(path, "where has neither UL_x/UL_y nor UL_lon/UL_lat: grid unknown")
     x, y = regular_grid(ul_x, ul_y, dx, dy, nx, ny)

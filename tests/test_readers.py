@@ -1,0 +1,284 @@
+"""Each reader against its real sample: values, nodata vs undetect, georeferencing, time."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import h5py
+import netCDF4
+import numpy as np
+import pyproj
+import pytest
+
+from pipeline.cube import NO_ECHO_DBZ, cube_crs, validate_cube
+from pipeline.readers import (
+    MARSHALL_PALMER,
+    ZR,
+    ReaderError,
+    dbz_to_rate,
+    detect_format,
+    get_reader,
+    list_readers,
+    rate_to_dbz,
+    read,
+)
+from pipeline.readers.mch_gif import code_to_rate
+
+pytestmark = pytest.mark.real_data
+KM = 1000.0
+
+SAMPLES = {
+    "odim": "odim/rmi-20210704/20210704155000.rad.best.comp.rate.qpe.hdf",
+    "cf-netcdf": "netcdf/bom-c10-20201031/66_20201031_120000.prcp-c10.nc",
+    "mrms-grib2": "grib2/mrms-20190610/PrecipRate_00.00_20190610-000000.grib2",
+    "radolan": "radolan/raa01-rx_10000-1408102050-dwd---bin.gz",
+    "knmi-hdf5": "single-frames/knmi/RAD_NL25_RAP_5min_201008260000.h5",
+    "fmi-pgm": "single-frames/fmi-pgm/201609281445_fmi.radar.composite.lowest_FIN_SUOMI1.pgm.gz",
+    "mch-gif": "single-frames/mch-gif/AQC151351545F_00005.801.gif",
+}
+
+
+def test_registry_lists_every_format_and_rejects_unknown_names():
+    assert list_readers() == sorted(SAMPLES)
+    with pytest.raises(ValueError, match=r"unknown radar format 'bufr'.*odim.*radolan"):
+        get_reader("bufr")
+
+
+@pytest.mark.parametrize("fmt", sorted(SAMPLES))
+def test_every_reader_returns_a_valid_frame_and_is_detected_by_content(
+    radar_samples, fmt, tmp_path
+):
+    path = radar_samples / SAMPLES[fmt]
+    # detection by content: the extension is hidden
+    disguised = tmp_path / "frame.bin"
+    shutil.copy(path, disguised)
+    assert detect_format(disguised) == fmt
+    ds = validate_cube(read(path), check_values=True)
+    assert ds.sizes["time"] == 1
+    refl = ds.reflectivity.values[0]
+    assert np.isnan(refl).any() or fmt == "cf-netcdf"  # outside coverage
+    assert (refl == NO_ECHO_DBZ).any()  # measured, no echo
+    assert np.nanmax(refl) > 20.0  # real weather in every sample
+
+
+def _lonlat(ds, x, y):
+    return pyproj.Transformer.from_crs(cube_crs(ds), "EPSG:4326", always_xy=True).transform(x, y)
+
+
+def _within_km(ds, lonlat_file, x, y, km=1.0):
+    geod = pyproj.Geod(ellps="WGS84")
+    lon, lat = _lonlat(ds, x, y)
+    _, _, dist = geod.inv(lon, lat, *lonlat_file)
+    assert dist < km * KM, f"corner off by {dist / KM:.2f} km"
+
+
+def _edges(ds):
+    x, y = ds.x.values, ds.y.values
+    dx, dy = x[1] - x[0], y[1] - y[0]
+    return x[0] - dx / 2, x[-1] + dx / 2, y[0] - dy / 2, y[-1] + dy / 2
+
+
+ODIM_SETS = ["rmi-20210704", "opera-20180824", "opera-cirrus-20241126"]
+
+
+@pytest.mark.parametrize("folder", ODIM_SETS)
+def test_odim_values_flags_and_corners(radar_samples, folder):
+    path = sorted((radar_samples / "odim" / folder).iterdir())[0]
+    ds = read(path, "odim")
+    refl = ds.reflectivity.values[0]
+    with h5py.File(path) as f:
+        where = dict(f["where"].attrs)
+        what = {}
+        for group in ("dataset1/what", "dataset1/data1/what"):  # older OPERA: dataset level
+            what.update(dict(f[group].attrs) if group in f else {})
+        raw = f["dataset1/data1/data"][()]
+    q = what["quantity"].decode()
+    gain, offset = what.get("gain", 1.0), what.get("offset", 0.0)
+    nodata = np.isnan(raw) | (raw == what.get("nodata", np.nan))
+    undetect = raw == what.get("undetect", np.nan)
+    values = raw * gain + offset
+    valid = ~nodata & ~undetect
+    # the field's max against the provider's own scaling
+    expected = values[valid].max() if q == "DBZH" else rate_to_dbz(values[valid].max())
+    assert np.nanmax(refl) == pytest.approx(float(expected), abs=1e-3)
+    assert np.array_equal(np.isnan(refl), nodata)
+    assert (refl[undetect] == NO_ECHO_DBZ).all()
+    assert ds.reflectivity.attrs["source_quantity"] == q
+    left, right, top, bottom = _edges(ds)
+    _within_km(ds, (where["UL_lon"], where["UL_lat"]), left, top)
+    _within_km(ds, (where["LR_lon"], where["LR_lat"]), right, bottom)
+    _within_km(ds, (where["LL_lon"], where["LL_lat"]), left, bottom)
+    _within_km(ds, (where["UR_lon"], where["UR_lat"]), right, top)
+
+
+def test_rate_conversion_round_trips_through_the_kept_attributes(radar_samples):
+    ds = read(radar_samples / SAMPLES["odim"], zr=ZR(300.0, 1.4))
+    attrs = ds.reflectivity.attrs
+    assert (attrs["zr_a"], attrs["zr_b"], attrs["source_units"]) == (300.0, 1.4, "mm h-1")
+    with h5py.File(radar_samples / SAMPLES["odim"]) as f:
+        raw = f["dataset1/data1/data"][()].astype(np.float64)
+    back = dbz_to_rate(ds.reflectivity.values[0], ZR(attrs["zr_a"], attrs["zr_b"]))
+    ok = np.isfinite(raw)
+    np.testing.assert_allclose(back[ok], raw[ok], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("name", "minutes", "centre"),
+    [
+        ("netcdf/bom-c10-20201031/66_20201031_120000.prcp-c10.nc", 10, (153.24, -27.7178)),
+        ("netcdf/bom-cscn-20180616/2_20180616_120000.prcp-cscn.nc", 6, (144.752, -37.852)),
+    ],
+)
+def test_cf_netcdf_accumulation_and_projection(radar_samples, name, minutes, centre):
+    path = radar_samples / name
+    ds = read(path, "cf-netcdf")
+    with netCDF4.Dataset(path) as nc:
+        amount = nc["precipitation"][:].filled(np.nan)
+    attrs = ds.reflectivity.attrs
+    assert attrs["source_quantity"] == "ACRR" and attrs["accumulation_minutes"] == minutes
+    assert np.nanmax(ds.reflectivity.values) == pytest.approx(
+        float(rate_to_dbz(np.nanmax(amount) * 60 / minutes)), abs=1e-3
+    )
+    assert cube_crs(ds).to_cf()["grid_mapping_name"] == "albers_conical_equal_area"
+    # the projection origin (x = y = 0, the radar) is the provider's stated centre
+    lon, lat = _lonlat(ds, 0.0, 0.0)
+    assert lon == pytest.approx(centre[0], abs=0.01) and lat == pytest.approx(centre[1], abs=0.01)
+    assert abs(ds.x.values[1] - ds.x.values[0]) == 500.0  # km in the file, metres in the cube
+
+
+def test_mrms_grib2_values_and_grid(radar_samples):
+    import eccodes
+
+    path = radar_samples / SAMPLES["mrms-grib2"]
+    ds = read(path, "mrms-grib2")
+    with open(path, "rb") as fh:
+        h = eccodes.codes_grib_new_from_file(fh)
+        values = eccodes.codes_get_values(h)
+        lat0 = eccodes.codes_get(h, "latitudeOfFirstGridPointInDegrees")
+        lon0 = eccodes.codes_get(h, "longitudeOfFirstGridPointInDegrees")
+        eccodes.codes_release(h)
+    assert ds.reflectivity.shape == (1, 3500, 7000)
+    assert np.nanmax(ds.reflectivity.values) == pytest.approx(
+        float(rate_to_dbz(values.max())), abs=1e-3
+    )
+    assert np.isnan(ds.reflectivity.values).sum() == (values < 0).sum()  # -3: no coverage
+    lon, lat = _lonlat(ds, ds.x.values[0], ds.y.values[0])  # first pixel centre
+    assert lon == pytest.approx(lon0 - 360, abs=1e-6) and lat == pytest.approx(lat0, abs=1e-6)
+    assert str(ds.time.values[0])[:16] == "2019-06-10T00:00"
+
+
+@pytest.mark.parametrize(
+    ("product", "corner"),
+    [("rx", (3.5889, 46.9526)), ("ry", (3.5889, 46.9526)), ("rw", (3.5889, 46.9526)),
+     ("ex", (2.3419, 43.9336))],
+)  # fmt: skip
+def test_radolan_products_scaling_flags_and_dwd_corners(radar_samples, product, corner):
+    path = radar_samples / f"radolan/raa01-{product}_10000-1408102050-dwd---bin.gz"
+    ds = read(path, "radolan")
+    with gzip.open(path) as fh:
+        blob = fh.read()
+    body = blob[blob.index(b"\x03") + 1 :]
+    rows, cols = ds.reflectivity.shape[1:]
+    refl = ds.reflectivity.values[0]
+    if product in ("rx", "ex"):
+        raw = np.frombuffer(body[: rows * cols], np.uint8).reshape(rows, cols)
+        valid = raw < 249
+        assert np.nanmax(refl) == pytest.approx(raw[valid].max() * 0.5 - 32.5)
+        assert np.array_equal(np.isnan(refl), ~valid)
+    else:
+        raw = np.frombuffer(body[: 2 * rows * cols], "<u2").reshape(rows, cols)
+        valid = (raw & 0xA000) == 0
+        precision, minutes = (0.01, 5) if product == "ry" else (0.1, 60)
+        rate = (raw[valid] & 0x0FFF).max() * precision * 60 / minutes
+        assert np.nanmax(refl) == pytest.approx(float(rate_to_dbz(rate)), abs=1e-3)
+        assert np.array_equal(np.isnan(refl), ~valid)
+    left, _, bottom, _ = _edges(ds)  # rows run south to north: y[0] is the southern row
+    _within_km(ds, corner, left, bottom, km=0.1)
+    assert str(ds.time.values[0])[:16] == "2014-08-10T20:50"
+
+
+def test_knmi_calibration_and_corners(radar_samples):
+    path = radar_samples / SAMPLES["knmi-hdf5"]
+    ds = read(path, "knmi-hdf5")
+    with h5py.File(path) as f:
+        raw = f["image1/image_data"][()]
+        corners = f["geographic"].attrs["geo_product_corners"].reshape(4, 2)
+    valid = raw != 65535
+    assert np.array_equal(np.isnan(ds.reflectivity.values[0]), ~valid)
+    assert np.nanmax(ds.reflectivity.values) == pytest.approx(
+        float(rate_to_dbz(raw[valid].max() * 0.01 * 12)), abs=1e-3
+    )
+    left, right, top, bottom = _edges(ds)
+    ll, ul, ur, lr = corners  # lon/lat pairs as KNMI lists them
+    _within_km(ds, ul, left, top)
+    _within_km(ds, ur, right, top)
+    _within_km(ds, lr, right, bottom)
+    _within_km(ds, ll, left, bottom)
+
+
+def test_fmi_pgm_values_pixel_size_and_time(radar_samples):
+    from pipeline.readers.fmi_pgm import read_header
+
+    path = radar_samples / SAMPLES["fmi-pgm"]
+    ds = read(path, "fmi-pgm")
+    comments, width, height, _, body = read_header(path)
+    raw = np.frombuffer(body[: width * height], np.uint8).reshape(height, width)
+    assert np.nanmax(ds.reflectivity.values) == (raw[raw < 255].max() - 64) / 2
+    assert np.isnan(ds.reflectivity.values[0]).sum() == (raw == 255).sum()
+    # the pixel size derived from the corners agrees with the header's own figure
+    assert abs(ds.x.values[1] - ds.x.values[0]) == pytest.approx(
+        float(comments["metersperpixel_x"][0]), abs=1.0
+    )
+    assert abs(ds.y.values[1] - ds.y.values[0]) == pytest.approx(
+        float(comments["metersperpixel_y"][0]), abs=1.0
+    )
+    assert str(ds.time.values[0])[:16] == "2016-09-28T14:45"
+
+
+def test_mch_gif_codes_and_swiss_grid(radar_samples):
+    from PIL import Image
+
+    path = radar_samples / SAMPLES["mch-gif"]
+    ds = read(path, "mch-gif")
+    codes = np.asarray(Image.open(path))
+    refl = ds.reflectivity.values[0]
+    assert np.array_equal(np.isnan(refl), codes == 255)
+    # back through MeteoSwiss' own relation, a code is (code - 71.5) / 2 dBZ
+    rain = dbz_to_rate(refl, MARSHALL_PALMER)
+    wet = np.isfinite(refl) & (codes >= 2) & (codes <= 250)
+    np.testing.assert_allclose(rate_to_dbz(rain[wet], ZR(316, 1.5)), (codes[wet] - 71.5) / 2,
+                               atol=1e-3)  # fmt: skip
+    np.testing.assert_allclose(code_to_rate(np.array([71])), (10 ** (-0.5 / 20) / 316) ** (1 / 1.5))
+    # the Swiss grid: LV03 (600 km, 200 km) is the old observatory of Bern
+    col = int(np.argmin(np.abs(ds.x.values - 600_000)))
+    row = int(np.argmin(np.abs(ds.y.values - 200_000)))
+    _within_km(ds, (7.43958, 46.95241), ds.x.values[col], ds.y.values[row], km=1.0)
+    assert ds.reflectivity.shape == (1, 640, 710)
+    assert str(ds.time.values[0])[:16] == "2015-05-15T15:45"
+
+
+BROKEN = ["odim", "cf-netcdf", "radolan", "knmi-hdf5", "fmi-pgm", "mch-gif"]
+
+
+@pytest.mark.parametrize("fmt", BROKEN)
+def test_truncated_files_fail_with_a_clear_error_naming_the_file(radar_samples, fmt, tmp_path):
+    src = radar_samples / SAMPLES[fmt]
+    blob = src.read_bytes()
+    bad = tmp_path / f"truncated{''.join(Path(src).suffixes)}"
+    bad.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ReaderError) as err:
+        read(bad)
+    assert str(bad) in str(err.value)
+
+
+def test_garbage_and_empty_files_are_unknown_format(tmp_path):
+    junk = tmp_path / "notes.h5"
+    junk.write_text("this is not radar data\n")
+    with pytest.raises(ReaderError, match=r"notes.h5: unknown format"):
+        read(junk)
+    empty = tmp_path / "empty.gz"
+    empty.write_bytes(b"")
+    with pytest.raises(ReaderError, match="empty file"):
+        detect_format(empty)

@@ -74,6 +74,19 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     return 0 if report.complete else EXIT_PARTIAL
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from flows.jobs import load_run_config, run_training
+
+    config = load_run_config(args.config, max_steps=args.max_steps, device=args.device)
+    result = run_training(args.cubes, args.out, config, progress=not args.quiet)
+    if int(__import__("os").environ.get("RANK", "0")) == 0:
+        best = f"{result.best_val_mse:.2f} dBZ²" if result.best_val_mse is not None else "n/a"
+        print(f"trained to step {result.step}; best validation MSE {best}")
+        print(f"checkpoints: {result.best}  {result.last}")
+        print(f"metrics: {result.metrics}  curves: {result.curves}")
+    return 0
+
+
 def _not_implemented(issue: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         print(
@@ -153,8 +166,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_ingest)
 
+    p = sub.add_parser(
+        "train",
+        help="train MIMNet on one or more cubes",
+        description="Train MIMNet on windows cut from Zarr cubes. Writes best/last checkpoints, "
+        "a resumable state, metrics.jsonl and training_curves.png into --out; running the "
+        "same command again resumes. Under torchrun it trains with DDP.",
+    )
+    p.add_argument("cubes", nargs="+", metavar="CUBE", help="Zarr cubes from 'mimcast ingest'")
+    p.add_argument("--config", help="run configuration TOML ([model], [data], [train]); "
+                   "default: the shipped data/train.toml")  # fmt: skip
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
+    p.add_argument("--max-steps", type=int, help="override [train] max_steps")
+    p.add_argument("--device", help="override [train] device (auto, cpu, cuda, cuda:1)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+
     later = {
-        "train": ("train MIMNet on one or more cubes", "issue #5"),
         "nowcast": ("nowcast from a cube with a checkpoint, write CF NetCDF", "issue #6"),
         "evaluate": ("hindcast and score against persistence and extrapolation", "issue #7"),
         "serve": ("serve all Prefect deployments from one process", "issue #8"),

@@ -1,0 +1,123 @@
+"""Plain-Python job entry points shared by the CLI and the Prefect flows (no Prefect here).
+
+They join ``pipeline`` and ``models``: read a run configuration, build the datasets from
+cubes, and call the training loop. A run configuration is one TOML file with three tables,
+each checked against its dataclass (unknown keys are rejected with their name)::
+
+    [model]   # models.mimnet.MIMNetConfig
+    [data]    # pipeline.sequences.SequenceConfig
+    [train]   # models.train.TrainConfig
+
+The model's ``input_length``/``output_length`` are taken from ``[data]`` when ``[model]`` does
+not set them, and must agree when both do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from models.mimnet import MIMNetConfig
+from models.train import TrainConfig, TrainResult
+from pipeline.config import ConfigError, from_mapping, to_dict
+from pipeline.sequences import SequenceConfig
+
+#: The default run configuration shipped with mimcast (trains on 2 CPU cores in ~10 minutes).
+DEFAULT_TRAIN_CONFIG = Path(__file__).resolve().parents[1] / "data" / "train.toml"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Model, data and training configuration of one run."""
+
+    model: MIMNetConfig
+    data: SequenceConfig
+    train: TrainConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return plain data (for JSON/TOML and checkpoint metadata)."""
+        return {
+            "model": to_dict(self.model),
+            "data": to_dict(self.data),
+            "train": to_dict(self.train),
+        }
+
+
+def load_run_config(path: str | Path | None = None, **train_overrides: Any) -> RunConfig:
+    """Read a run configuration (default: ``data/train.toml``); overrides go to ``[train]``."""
+    path = Path(path) if path else DEFAULT_TRAIN_CONFIG
+    try:
+        doc = tomllib.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise ConfigError(f"{path}: configuration file not found") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from err
+    unknown = sorted(set(doc) - {"model", "data", "train"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown table(s) {unknown}; known: [model], [data], [train]")
+    data = from_mapping(SequenceConfig, doc.get("data", {}), where=f"{path} [data]")
+    model_doc = dict(doc.get("model", {}))
+    for key, value in (("input_length", data.input_length), ("output_length", data.output_length)):
+        if model_doc.setdefault(key, value) != value:
+            raise ConfigError(
+                f"{path}: [model] {key}={model_doc[key]} disagrees with [data] {key}={value}"
+            )
+    model = from_mapping(MIMNetConfig, model_doc, where=f"{path} [model]")
+    train_doc = dict(doc.get("train", {}))
+    train_doc.update({k: v for k, v in train_overrides.items() if v is not None})
+    train = from_mapping(TrainConfig, train_doc, where=f"{path} [train]")
+    return RunConfig(model, data, train)
+
+
+def run_training(
+    cubes: list[str | Path],
+    out_dir: str | Path,
+    config: RunConfig,
+    *,
+    progress: bool = True,
+) -> TrainResult:
+    """Train MIMNet on ``cubes`` with ``config``; resume when ``out_dir`` holds a state."""
+    import json
+
+    from models.train import train
+    from pipeline.sequences import RadarSequenceDataset
+
+    for cube in cubes:
+        if not Path(cube).exists():
+            raise FileNotFoundError(f"{cube}: no such cube (run 'mimcast ingest' first)")
+    train_set = RadarSequenceDataset(cubes, config.data, "train")
+    val_set = RadarSequenceDataset(cubes, config.data, "val")
+    if len(train_set) == 0:
+        raise ValueError(
+            f"no training windows in {', '.join(map(str, cubes))}: the cubes are shorter than "
+            f"{config.data.length} frames without gaps, or have too little echo "
+            f"(min_coverage={config.data.min_coverage})"
+        )
+    if len(val_set) == 0:
+        raise ValueError(
+            f"no validation windows in {', '.join(map(str, cubes))}: the validation split "
+            f"(val={config.data.val}) holds fewer than {config.data.length} gap-free frames "
+            "with echo; use a longer archive (e.g. 'mimcast synth --frames 288') or change [data]"
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run_config.json").write_text(json.dumps(config.to_dict(), indent=1))
+    extra = {
+        "cubes": [str(c) for c in cubes],
+        "dbz_min": config.data.dbz_min,
+        "dbz_max": config.data.dbz_max,
+        "train_windows": len(train_set),
+        "val_windows": len(val_set),
+    }
+    return train(
+        config.model, config.train, train_set, val_set, out,
+        dbz_range=(config.data.dbz_min, config.data.dbz_max), extra=extra, progress=progress,
+    )  # fmt: skip
+
+
+def replace_train(config: RunConfig, **changes: Any) -> RunConfig:
+    """Return ``config`` with ``[train]`` fields changed."""
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, **changes))

@@ -1,0 +1,508 @@
+"""One readable training loop for MIMNet: AdamW, warm-up + cosine LR, clipping, bf16 autocast,
+scheduled sampling, masked losses, validation with CSI, atomic checkpoints, exact resume, DDP.
+
+Contract
+--------
+:func:`train` takes datasets whose items are ``(frames, valid)`` float tensors
+``(T, C, H, W)`` (normalised values in [0, 1] and a validity mask; see
+``pipeline.sequences``) and writes into ``out_dir``:
+
+- ``best.safetensors`` / ``last.safetensors``: model checkpoints (``models.checkpoint``),
+  with the step and validation scores in their metadata;
+- ``state.safetensors``: everything needed to resume exactly (model, optimiser, scheduler,
+  RNG states, epoch and position in the data order), written atomically every
+  ``checkpoint_every`` steps; a run started again in the same directory continues from it;
+- ``metrics.jsonl``: one JSON object per log or validation event;
+- ``training_curves.png``: loss, validation MSE and CSI against steps.
+
+When launched by ``torchrun`` (``WORLD_SIZE`` > 1) it trains with DDP (NCCL on CUDA, gloo on
+CPU); rank 0 logs, validates and writes files. Losses and scheduled sampling live here, not
+in the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader
+
+from models.checkpoint import save_checkpoint
+from models.mimnet import MIMNet, MIMNetConfig, autocast, compile_step
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, sampling, validation and bookkeeping of one training run."""
+
+    batch_size: int = 8  # samples per step (per rank under DDP)
+    max_steps: int = 1500  # optimiser steps in total
+    lr: float = 2e-3  # peak learning rate (AdamW)
+    weight_decay: float = 1e-4  # AdamW weight decay
+    warmup_steps: int = 50  # linear warm-up steps before the cosine decay
+    min_lr_ratio: float = 0.05  # the cosine decays to lr * min_lr_ratio at max_steps
+    grad_clip: float = 1.0  # clip the global gradient norm (0: off)
+    bf16: bool = True  # bf16 autocast (CPU and CUDA)
+    loss: str = "mse+mae"  # "mse+mae", or "balanced" (HKO-7 weights towards heavy echoes)
+    scheduled_sampling: bool = True  # PredRNN scheduled sampling on the predicted frames
+    ss_stop_step: int = 1000  # the probability of feeding the truth falls to 0 by this step
+    reverse_ss: bool = False  # PredRNN-V2 reverse scheduled sampling on the observed frames
+    reverse_ss_steps: int = 500  # steps over which reverse sampling reaches the truth
+    val_every: int = 250  # validate (and write best/last) every N steps
+    val_batches: int = 20  # batches per validation (0: the whole validation set)
+    checkpoint_every: int = 50  # write the resumable state every N steps
+    log_every: int = 10  # log training loss every N steps
+    num_workers: int = 0  # DataLoader worker processes
+    seed: int = 0  # seeds weights, data order and sampling masks
+    compile: bool = False  # torch.compile the per-step computation
+    device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
+    deterministic: bool = False  # torch.use_deterministic_algorithms (slower)
+    thresholds_dbz: tuple[float, ...] = (20.0, 30.0, 40.0)  # CSI thresholds in validation
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("mse+mae", "balanced"):
+            raise ValueError(f"TrainConfig.loss={self.loss!r}: 'mse+mae' or 'balanced'")
+        for name in ("batch_size", "max_steps", "val_every", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name}={getattr(self, name)}: must be >= 1")
+
+
+# --------------------------------------------------------------------------------------------
+# losses and scores
+
+
+#: HKO-7 balanced loss: rain-rate thresholds (mm/h) and weights; converted to dBZ with
+#: Marshall-Palmer (Z = 200 R^1.6).
+BALANCED = ((0.5, 2.0), (2.0, 5.0), (5.0, 10.0), (10.0, 30.0), (30.0, 30.0))
+
+
+def balanced_weights(target_dbz: torch.Tensor) -> torch.Tensor:
+    """Return per-pixel loss weights that grow with the target's rain intensity."""
+    weights = torch.ones_like(target_dbz)
+    for rate, weight in BALANCED:
+        dbz = 10 * math.log10(200.0) + 16.0 * math.log10(rate)
+        weights = torch.where(target_dbz >= dbz, torch.full_like(weights, weight), weights)
+    return weights
+
+
+def masked_loss(
+    pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, weights: torch.Tensor | None
+) -> torch.Tensor:
+    """Return MSE + MAE over valid pixels (optionally weighted); no-data pixels never count."""
+    w = valid if weights is None else valid * weights
+    denom = valid.sum().clamp_min(1.0)
+    err = pred - target
+    return ((w * err * err).sum() + (w * err.abs()).sum()) / denom
+
+
+def contingency(pred_dbz: np.ndarray, obs_dbz: np.ndarray, valid: np.ndarray, threshold: float):
+    """Return ``(hits, misses, false_alarms)`` at ``threshold`` over valid pixels."""
+    p, o = (pred_dbz >= threshold) & valid, (obs_dbz >= threshold) & valid
+    return int((p & o).sum()), int((~p & o).sum()), int((p & ~o).sum())
+
+
+# --------------------------------------------------------------------------------------------
+# schedules
+
+
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_ratio``."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    span = max(config.max_steps - config.warmup_steps, 1)
+    progress = min((step - config.warmup_steps) / span, 1.0)
+    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (
+        1 + math.cos(math.pi * progress)
+    )
+
+
+def sampling_mask(
+    step: int, batch: int, model_config: MIMNetConfig, config: TrainConfig, gen: torch.Generator
+) -> torch.Tensor:
+    """Return the scheduled-sampling mask ``(B, T-2)``: 1 feeds the truth, 0 the prediction."""
+    n_in = model_config.input_length - 1  # steps 1 .. input_length-1 read observed frames
+    n_out = model_config.total_length - 2 - n_in
+    if config.reverse_ss:
+        p_in = 0.5 + 0.5 * min(step / max(config.reverse_ss_steps, 1), 1.0)
+        observed = (torch.rand(batch, n_in, generator=gen) < p_in).float()
+    else:
+        observed = torch.ones(batch, n_in)
+    eta = max(0.0, 1.0 - step / config.ss_stop_step) if config.scheduled_sampling else 0.0
+    predicted = (torch.rand(batch, n_out, generator=gen) < eta).float()
+    return torch.cat([observed, predicted], dim=1)
+
+
+# --------------------------------------------------------------------------------------------
+# data order
+
+
+class EpochSampler:
+    """Reproducible per-epoch permutation, sharded by rank, resumable mid-epoch.
+
+    Epoch ``e`` visits ``permutation(seed + e)[rank::world_size]`` (padded so every rank gets
+    the same number of samples), starting at ``start`` samples into it.
+    """
+
+    def __init__(self, n: int, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        if n < 1:
+            raise ValueError("EpochSampler: the dataset is empty")
+        self.n, self.seed, self.rank, self.world_size = n, seed, rank, world_size
+        self.epoch, self.start = 0, 0
+
+    def set_position(self, epoch: int, start: int) -> None:
+        """Continue at sample ``start`` of epoch ``epoch`` (this rank's share)."""
+        self.epoch, self.start = epoch, start
+
+    def per_rank(self) -> int:
+        """Samples each rank sees per epoch."""
+        return -(-self.n // self.world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        order = np.random.default_rng(self.seed + self.epoch).permutation(self.n)
+        total = self.per_rank() * self.world_size
+        order = np.resize(order, total)  # pad by wrapping, as DistributedSampler does
+        mine = order[self.rank :: self.world_size]
+        return iter(mine[self.start :].tolist())
+
+    def __len__(self) -> int:
+        return self.per_rank() - self.start
+
+
+# --------------------------------------------------------------------------------------------
+# resumable state
+
+
+def _save_state(path: Path, model, opt, sched, gen, progress: dict[str, Any]) -> None:
+    tensors: dict[str, torch.Tensor] = {
+        f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+    }
+    opt_state = opt.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, entry in opt_state["state"].items():
+        for key, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"opt.{idx}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    tensors["rng.torch"] = torch.get_rng_state()
+    tensors["rng.sampling"] = gen.get_state()
+    meta = {
+        "progress": progress,
+        "param_groups": opt_state["param_groups"],
+        "opt_scalars": scalars,
+        "scheduler": sched.state_dict(),
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file(tensors, str(tmp), metadata={"state": json.dumps(meta, default=_jsonable)})
+    os.replace(tmp, path)
+
+
+def _jsonable(value):
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
+def _load_state(path: Path, model, opt, sched, gen) -> dict[str, Any]:
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["state"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    for idx, entry in meta["opt_scalars"].items():
+        state.setdefault(int(idx), {}).update(entry)
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    sched.load_state_dict(meta["scheduler"])
+    torch.set_rng_state(tensors["rng.torch"])
+    gen.set_state(tensors["rng.sampling"])
+    return meta["progress"]
+
+
+# --------------------------------------------------------------------------------------------
+# distributed set-up
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _setup(config: TrainConfig) -> _Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if config.device == "auto":
+        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(config.device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return _Dist(rank, world, local_rank, device)
+
+
+# --------------------------------------------------------------------------------------------
+# the loop
+
+
+@dataclass
+class TrainResult:
+    """Where a run ended and what it wrote."""
+
+    step: int
+    best_val_mse: float | None
+    best: Path | None
+    last: Path | None
+    metrics: Path
+    curves: Path | None
+
+
+def validate(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    model_config: MIMNetConfig,
+    config: TrainConfig,
+    dbz_range: tuple[float, float],
+    device: torch.device,
+) -> dict[str, float]:
+    """Return MSE (dBZ^2 on valid pixels) and CSI per threshold, for MIMNet and persistence."""
+    lo, hi = dbz_range
+    n_in = model_config.input_length
+    sums = {"mse": 0.0, "persistence_mse": 0.0, "pixels": 0.0}
+    tables = {(m, t): np.zeros(3) for m in ("model", "persistence") for t in config.thresholds_dbz}
+    model.eval()
+    with torch.no_grad():
+        for i, (frames, valid) in enumerate(loader):
+            if config.val_batches and i >= config.val_batches:
+                break
+            frames, valid = frames.to(device), valid.to(device)
+            with autocast(device, enabled=config.bf16):
+                pred = model(frames[:, :n_in])
+            pred = pred.float().clamp(0, 1) * (hi - lo) + lo
+            obs = frames[:, n_in:] * (hi - lo) + lo
+            persist = (frames[:, n_in - 1 : n_in] * (hi - lo) + lo).expand_as(obs)
+            ok = valid[:, n_in:]
+            sums["mse"] += float((ok * (pred - obs) ** 2).sum())
+            sums["persistence_mse"] += float((ok * (persist - obs) ** 2).sum())
+            sums["pixels"] += float(ok.sum())
+            ok_np, obs_np = ok.cpu().numpy() > 0, obs.cpu().numpy()
+            for name, field_ in (("model", pred), ("persistence", persist)):
+                f_np = field_.cpu().numpy()
+                for t in config.thresholds_dbz:
+                    tables[(name, t)] += contingency(f_np, obs_np, ok_np, t)
+    model.train()
+    px = max(sums["pixels"], 1.0)
+    out = {"val_mse": sums["mse"] / px, "persistence_mse": sums["persistence_mse"] / px}
+    for (name, t), (hits, misses, false_alarms) in tables.items():
+        denom = hits + misses + false_alarms
+        key = f"csi_{int(t)}" if name == "model" else f"persistence_csi_{int(t)}"
+        out[key] = hits / denom if denom else float("nan")
+    return out
+
+
+def train(
+    model_config: MIMNetConfig,
+    config: TrainConfig,
+    train_set,
+    val_set,
+    out_dir: str | Path,
+    *,
+    dbz_range: tuple[float, float] = (0.0, 70.0),
+    extra: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train MIMNet; resume from ``out_dir/state.safetensors`` when it exists."""
+    env = _setup(config)
+    out = Path(out_dir)
+    if env.main:
+        out.mkdir(parents=True, exist_ok=True)
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True)
+    torch.manual_seed(config.seed)
+    model = MIMNet(model_config).to(env.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, config))
+    gen = torch.Generator().manual_seed(config.seed * 1000 + 7 + env.rank)
+    state_path, metrics_path = out / "state.safetensors", out / "metrics.jsonl"
+    step, epoch, position, best = 0, 0, 0, None
+    if state_path.exists():
+        prog = _load_state(state_path, model, opt, sched, gen)
+        step, epoch, position, best = prog["step"], prog["epoch"], prog["position"], prog["best"]
+        if env.main:
+            _truncate_metrics(metrics_path, step)
+    net: torch.nn.Module = model
+    if config.compile:
+        compile_step(model)
+    if env.world > 1:
+        ids = [env.device.index] if env.device.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    sampler = EpochSampler(len(train_set), config.seed, env.rank, env.world)
+    val_loader = DataLoader(val_set, batch_size=config.batch_size, shuffle=False,
+                            num_workers=config.num_workers) if len(val_set) else None  # fmt: skip
+    bar = None
+    if progress and env.main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=config.max_steps, initial=step, desc="train", unit="step")
+    metrics = metrics_path.open("a") if env.main else None
+    best_path = out / "best.safetensors" if (out / "best.safetensors").exists() else None
+    last_path, started = None, time.monotonic()
+    n_in = model_config.input_length
+    try:
+        while step < config.max_steps:
+            sampler.set_position(epoch, position * config.batch_size)
+            loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler,
+                                num_workers=config.num_workers)  # fmt: skip
+            for frames, valid in loader:
+                frames, valid = frames.to(env.device), valid.to(env.device)
+                mask = sampling_mask(step, frames.shape[0], model_config, config, gen)
+                with autocast(env.device, enabled=config.bf16):
+                    pred = net(frames, mask.to(env.device))
+                target, ok = frames[:, n_in:], valid[:, n_in:]
+                weights = None
+                if config.loss == "balanced":
+                    lo, hi = dbz_range
+                    weights = balanced_weights(target * (hi - lo) + lo)
+                loss = masked_loss(pred.float(), target, ok, weights)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = (
+                    float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
+                    if config.grad_clip
+                    else float("nan")
+                )
+                opt.step()
+                sched.step()
+                step, position = step + 1, position + 1
+                if env.main and (step % config.log_every == 0 or step == 1):
+                    _log(metrics, {
+                        "step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0],
+                        "grad_norm": grad_norm, "epoch": epoch,
+                        "elapsed_s": round(time.monotonic() - started, 2),
+                    })  # fmt: skip
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
+                if step % config.val_every == 0 or step == config.max_steps:
+                    best, best_path, last_path = _validate_and_save(
+                        env, model, net, val_loader, model_config, config, dbz_range, out,
+                        step, best, best_path, metrics, extra,
+                    )  # fmt: skip
+                if env.main and (step % config.checkpoint_every == 0 or step == config.max_steps):
+                    _save_state(state_path, model, opt, sched, gen,
+                                {"step": step, "epoch": epoch, "position": position,
+                                 "best": best})  # fmt: skip
+                if env.world > 1:
+                    dist.barrier()
+                if step >= config.max_steps:
+                    break
+            else:
+                epoch, position = epoch + 1, 0
+    finally:
+        if bar is not None:
+            bar.close()
+        if metrics is not None:
+            metrics.close()
+    curves = plot_curves(metrics_path, out / "training_curves.png") if env.main else None
+    return TrainResult(step, best, best_path, last_path, metrics_path, curves)
+
+
+def _validate_and_save(env, model, net, val_loader, model_config, config, dbz_range, out, step,
+                       best, best_path, metrics, extra):  # fmt: skip
+    last_path = None
+    if env.main:
+        scores = (
+            validate(model, val_loader, model_config, config, dbz_range, env.device)
+            if val_loader is not None
+            else {}
+        )
+        info = {"step": step, **scores, **(extra or {})}
+        last_path = save_checkpoint(model, out / "last.safetensors", extra=info)
+        val = scores.get("val_mse")
+        if val is not None and (best is None or val < best):
+            best = val
+            best_path = save_checkpoint(model, out / "best.safetensors", extra=info)
+        elif best_path is None:
+            best_path = save_checkpoint(model, out / "best.safetensors", extra=info)
+        _log(metrics, {"step": step, "event": "validation", **scores})
+    return best, best_path, last_path
+
+
+def _log(fh, record: dict[str, Any]) -> None:
+    fh.write(json.dumps(record, default=_jsonable) + "\n")
+    fh.flush()
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop log lines written after the resumed step (a killed run may have got further)."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    keep = [line for line in lines if line and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Return the records of a ``metrics.jsonl``."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def plot_curves(metrics_path: Path, png: Path) -> Path | None:
+    """Draw training loss, validation MSE and CSI against steps; return the PNG path."""
+    records = read_metrics(metrics_path) if metrics_path.exists() else []
+    if not records:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train_rec = [r for r in records if "loss" in r]
+    val_rec = [r for r in records if r.get("event") == "validation" and "val_mse" in r]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    axes[0].plot([r["step"] for r in train_rec], [r["loss"] for r in train_rec])
+    axes[0].set(title="training loss (masked MSE + MAE)", xlabel="step", yscale="log")
+    if val_rec:
+        steps = [r["step"] for r in val_rec]
+        axes[1].plot(steps, [r["val_mse"] for r in val_rec], "o-", label="MIMNet")
+        axes[1].plot(steps, [r["persistence_mse"] for r in val_rec], "k--", label="persistence")
+        axes[1].set(title="validation MSE (dBZ²)", xlabel="step")
+        axes[1].legend()
+        for key in sorted(k for k in val_rec[-1] if k.startswith("csi_")):
+            axes[2].plot(steps, [r[key] for r in val_rec], "o-", label=f"CSI ≥{key[4:]} dBZ")
+        axes[2].set(title="validation CSI", xlabel="step", ylim=(0, 1))
+        axes[2].legend()
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = png.with_name(f".{png.name}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, png)
+    return png

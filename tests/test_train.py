@@ -1,0 +1,199 @@
+"""Training: masked loss, learning, exact resume after kill -9, DDP with torchrun, config."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from flows.jobs import load_run_config, run_training
+from models.checkpoint import load_checkpoint
+from models.mimnet import MIMNet
+from models.train import EpochSampler, masked_loss, read_metrics, validate
+from pipeline.config import ConfigError
+from pipeline.ingest import ingest
+from pipeline.sequences import RadarSequenceDataset
+from pipeline.synthetic import SyntheticConfig, write_archive
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_TOML = """
+[model]
+num_layers = 2
+num_hidden = 16
+filter_size = 3
+patch_size = 4
+
+[data]
+input_length = 4
+output_length = 4
+patch = 32
+stride = 16
+min_coverage = 0.03
+train = 0.7
+val = 0.15
+
+[train]
+batch_size = 4
+max_steps = 50
+lr = 0.003
+warmup_steps = 5
+ss_stop_step = 30
+val_every = 50
+val_batches = 0
+checkpoint_every = 5
+log_every = 1
+bf16 = false
+"""
+
+
+@pytest.fixture(scope="module")
+def cube(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train")
+    archive = write_archive(SyntheticConfig(height=64, width=64, frames=96, seed=21),
+                            root / "archive")  # fmt: skip
+    ingest([archive[0].parent], root / "cube.zarr")
+    return root / "cube.zarr"
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cfg") / "tiny.toml"
+    path.write_text(TINY_TOML)
+    return path
+
+
+def test_masked_loss_ignores_nodata_pixels():
+    pred = torch.rand(2, 3, 1, 8, 8)
+    target = torch.rand(2, 3, 1, 8, 8)
+    valid = torch.ones_like(target)
+    valid[:, :, :, :4] = 0
+    garbage = target.clone()
+    garbage[:, :, :, :4] = 1e6  # whatever sits in no-data pixels
+    assert masked_loss(pred, target, valid, None) == masked_loss(pred, garbage, valid, None)
+    assert masked_loss(pred, garbage, torch.ones_like(valid), None) > 1e3
+
+
+def test_sampler_is_reproducible_sharded_and_resumable():
+    a = list(EpochSampler(10, seed=3))
+    assert a == list(EpochSampler(10, seed=3)) and sorted(a) == list(range(10))
+    s = EpochSampler(10, seed=3)
+    s.set_position(0, 4)
+    assert list(s) == a[4:]
+    s.set_position(1, 0)
+    assert list(s) != a
+    r0, r1 = EpochSampler(10, 3, 0, 2), EpochSampler(10, 3, 1, 2)
+    assert sorted(list(r0) + list(r1)) == list(range(10)) and len(r0) == 5
+
+
+def test_config_rejects_unknown_keys_and_inconsistent_lengths(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nlearning_rate = 0.1\n")
+    with pytest.raises(ConfigError, match=r"bad.toml \[train\]: unknown key\(s\) 'learning_rate'"):
+        load_run_config(bad)
+    bad.write_text("[model]\ninput_length = 5\n[data]\ninput_length = 4\n")
+    with pytest.raises(ConfigError, match="disagrees"):
+        load_run_config(bad)
+    bad.write_text("[optimizer]\n")
+    with pytest.raises(ConfigError, match="unknown table"):
+        load_run_config(bad)
+    default = load_run_config()
+    assert default.model.output_length == default.data.output_length == 12
+
+
+def test_fifty_steps_lower_the_validation_mse(cube, config_file, tmp_path):
+    config = load_run_config(config_file)
+    val_set = RadarSequenceDataset([cube], config.data, "val")
+    assert len(val_set) > 0
+    torch.manual_seed(config.train.seed)
+    untrained = MIMNet(config.model)  # the same initial weights train() starts from
+    loader = torch.utils.data.DataLoader(val_set, batch_size=4)
+    before = validate(
+        untrained, loader, config.model, config.train, (0.0, 70.0), torch.device("cpu")
+    )
+    result = run_training([cube], tmp_path / "run", config, progress=False)
+    assert result.step == 50
+    after = [r for r in read_metrics(result.metrics) if r.get("event") == "validation"][-1]
+    assert after["val_mse"] < 0.7 * before["val_mse"], (before, after)
+    model, extra = load_checkpoint(result.best)
+    assert extra["step"] == 50 and model.config == config.model
+    assert (tmp_path / "run" / "training_curves.png").stat().st_size > 10_000
+
+
+def _train_cmd(cube, config_file, out, steps):
+    return [sys.executable, "-m", "flows.cli", "train", str(cube), "--config", str(config_file),
+            "--out", str(out), "--max-steps", str(steps), "--quiet"]  # fmt: skip
+
+
+def test_killed_run_resumes_to_the_same_weights(cube, config_file, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = _train_cmd(cube, config_file, tmp_path / "straight", 20)
+    straight = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(cube, config_file, out, 20), env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        metrics = out / "metrics.jsonl"
+        steps = (
+            [json.loads(x)["step"] for x in metrics.read_text().splitlines()]
+            if metrics.exists()
+            else []
+        )
+        if steps and max(steps) >= 12:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state_step = max(
+        json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()
+    )
+    assert 12 <= state_step < 20, "the run must be killed mid-way"
+
+    resumed = subprocess.run(_train_cmd(cube, config_file, out, 20), env=env,
+                             capture_output=True, text=True, cwd=REPO, timeout=600)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, _ = load_checkpoint(tmp_path / "straight" / "last.safetensors")
+    b, extra = load_checkpoint(out / "last.safetensors")
+    assert extra["step"] == 20
+    for (name, wa), (_, wb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(wa, wb), name
+    steps = [r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+    assert steps == sorted(set(steps)) and steps[-1] == 20  # the log continues, no repeats
+
+
+def test_torchrun_two_processes_on_cpu(cube, config_file, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--standalone", "-m", "flows.cli", "train", str(cube), "--config",
+           str(config_file), "--out", str(out), "--max-steps", "6", "--quiet"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in out.glob("*.safetensors")) == [
+        "best.safetensors",
+        "last.safetensors",
+        "state.safetensors",
+    ]
+    _model, extra = load_checkpoint(out / "last.safetensors")
+    assert extra["step"] == 6
+    losses = [r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+    assert losses == sorted(set(losses))  # rank 0 alone writes the log
+    assert result.stdout.count("trained to step 6") == 1
+
+
+def test_training_refuses_a_cube_without_validation_windows(cube, config_file, tmp_path):
+    config = load_run_config(config_file)
+    short = dataclasses.replace(config, data=dataclasses.replace(config.data, val=0.01))
+    with pytest.raises(ValueError, match="no validation windows"):
+        run_training([cube], tmp_path / "run", short, progress=False)

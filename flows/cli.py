@@ -87,6 +87,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_nowcast(args: argparse.Namespace) -> int:
+    from flows.jobs import run_nowcast
+
+    out = run_nowcast(
+        args.cube, args.out, checkpoint=args.checkpoint, time=args.time, plot=args.plot,
+        leads=tuple(args.leads), source=args.source, device=args.device,
+    )  # fmt: skip
+    print(f"nowcast from {out.reference_time} UTC: {out.netcdf.resolve()}")
+    for png in out.pngs:
+        print(f"map: {png.resolve()}")
+    if out.animation:
+        print(f"animation: {out.animation.resolve()}")
+    return 0
+
+
 def _not_implemented(issue: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         print(
@@ -182,8 +197,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
 
+    p = sub.add_parser(
+        "nowcast",
+        help="nowcast from a cube with a checkpoint, write CF NetCDF",
+        description="Run MIMNet on the whole grid of a cube at a reference time and write "
+        "reflectivity, rain rate and accumulation per lead time as CF-1.8 NetCDF "
+        "(nowcast_<source>_<YYYYmmddHHMM>.nc), optionally with map quicklooks.",
+    )
+    p.add_argument("cube", metavar="CUBE", help="Zarr cube from 'mimcast ingest'")
+    p.add_argument("--checkpoint", help="MIMNet checkpoint (default: the shipped one)")
+    p.add_argument("--time", default="latest", help="reference time, ISO 8601 UTC, or latest")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--plot", action="store_true", help="also write PNG maps and a GIF")
+    p.add_argument(
+        "--leads",
+        type=int,
+        nargs="+",
+        default=[15, 30, 60],
+        metavar="MIN",
+        help="lead times (minutes) to map with --plot (default 15 30 60)",
+    )
+    p.add_argument("--source", help="source name in the file name (default: the cube's name)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
+    p.set_defaults(func=_cmd_nowcast)
+
     later = {
-        "nowcast": ("nowcast from a cube with a checkpoint, write CF NetCDF", "issue #6"),
         "evaluate": ("hindcast and score against persistence and extrapolation", "issue #7"),
         "serve": ("serve all Prefect deployments from one process", "issue #8"),
         "demo": ("run the whole job on a synthetic archive", "issue #9"),

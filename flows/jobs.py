@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from models.mimnet import MIMNetConfig
 from models.train import TrainConfig, TrainResult
 from pipeline.config import ConfigError, from_mapping, to_dict
@@ -121,3 +123,57 @@ def run_training(
 def replace_train(config: RunConfig, **changes: Any) -> RunConfig:
     """Return ``config`` with ``[train]`` fields changed."""
     return dataclasses.replace(config, train=dataclasses.replace(config.train, **changes))
+
+
+#: The checkpoint shipped with mimcast (trained on synthetic storms; see data/MODEL_CARD.md).
+SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[1] / "data" / "mimnet_synthetic.safetensors"
+
+
+@dataclass
+class NowcastOutputs:
+    """Files written by one nowcast."""
+
+    netcdf: Path
+    reference_time: str
+    pngs: list[Path]
+    animation: Path | None
+
+
+def run_nowcast(
+    cube_path: str | Path,
+    out_dir: str | Path,
+    *,
+    checkpoint: str | Path | None = None,
+    time: str = "latest",
+    plot: bool = False,
+    leads: tuple[int, ...] = (15, 30, 60),
+    source: str | None = None,
+    device: str = "auto",
+) -> NowcastOutputs:
+    """Nowcast from a Zarr cube with a checkpoint; write NetCDF (and quicklooks)."""
+    from models.checkpoint import load_checkpoint
+    from pipeline.ingest import open_cube
+    from pipeline.netcdf import write_nowcast
+    from pipeline.nowcast import NowcastOptions, nowcast
+    from pipeline.sequences import Normalizer
+
+    ckpt = Path(checkpoint) if checkpoint else SHIPPED_CHECKPOINT
+    model, extra = load_checkpoint(ckpt)
+    cube = open_cube(cube_path)
+    normalizer = Normalizer(float(extra.get("dbz_min", 0.0)), float(extra.get("dbz_max", 70.0)))
+    name = source or Path(cube_path).name.removesuffix(".zarr")
+    forecast = nowcast(cube, model, NowcastOptions(time=time, device=device),
+                       normalizer=normalizer, source=name)  # fmt: skip
+    path = write_nowcast(forecast, out_dir, source=name, checkpoint=f"{ckpt.name} "
+                         f"(step {extra.get('step', '?')})")  # fmt: skip
+    pngs, gif = [], None
+    if plot:
+        from pipeline.plots import animation, quicklook
+
+        have = forecast["forecast_period"].values.tolist()
+        stem = path.with_suffix("")
+        for lead in [lead for lead in leads if lead in have] or have[-1:]:
+            pngs.append(quicklook(forecast, lead, f"{stem}_{lead:03d}min.png"))
+        gif = animation(forecast, f"{stem}.gif")
+    ref = str(np.datetime64(forecast["forecast_reference_time"].values, "m"))
+    return NowcastOutputs(path, ref, pngs, gif)

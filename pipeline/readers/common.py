@@ -9,7 +9,6 @@ kept as attributes of ``reflectivity`` (``source_quantity``, ``source_units``, `
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -17,7 +16,20 @@ import numpy as np
 import pyproj
 import xarray as xr
 
-from pipeline.cube import NO_ECHO_DBZ, VARIABLE, build_cube
+from pipeline.cube import VARIABLE, build_cube
+from pipeline.products import MARSHALL_PALMER, ZR, dbz_to_rate, rate_to_dbz
+
+__all__ = [
+    "MARSHALL_PALMER",
+    "ZR",
+    "ReaderError",
+    "crs_from_proj",
+    "dbz_to_rate",
+    "frame",
+    "parse_time",
+    "rate_to_dbz",
+    "text",
+]
 
 
 class ReaderError(ValueError):
@@ -26,37 +38,6 @@ class ReaderError(ValueError):
     def __init__(self, path: str | Path, problem: str) -> None:
         super().__init__(f"{path}: {problem}")
         self.path, self.problem = str(path), problem
-
-
-@dataclass(frozen=True)
-class ZR:
-    """Z = a R^b with Z in mm^6 m^-3 and R in mm/h."""
-
-    a: float = 200.0  # Marshall-Palmer
-    b: float = 1.6  # Marshall-Palmer
-
-    def __post_init__(self) -> None:
-        if self.a <= 0 or self.b <= 0:
-            raise ValueError(f"Z-R relation a={self.a}, b={self.b}: both must be positive")
-
-
-MARSHALL_PALMER = ZR()
-
-
-def rate_to_dbz(rate: np.ndarray, zr: ZR = MARSHALL_PALMER) -> np.ndarray:
-    """Return dBZ for rain rate (mm/h): NaN stays NaN, rate <= 0 becomes ``NO_ECHO_DBZ``."""
-    rate = np.asarray(rate, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        dbz = 10.0 * np.log10(zr.a) + 10.0 * zr.b * np.log10(rate)
-    dbz = np.where(rate > 0, np.maximum(dbz, NO_ECHO_DBZ), NO_ECHO_DBZ)
-    return np.where(np.isnan(rate), np.nan, dbz).astype(np.float32)
-
-
-def dbz_to_rate(dbz: np.ndarray, zr: ZR = MARSHALL_PALMER) -> np.ndarray:
-    """Return rain rate (mm/h) for dBZ; ``NO_ECHO_DBZ`` (no echo) becomes 0, NaN stays NaN."""
-    dbz = np.asarray(dbz, dtype=np.float64)
-    rate = (10.0 ** (dbz / 10.0) / zr.a) ** (1.0 / zr.b)
-    return np.where(dbz <= NO_ECHO_DBZ, 0.0, rate)
 
 
 def frame(

@@ -1,0 +1,127 @@
+"""CF-1.8 NetCDF for nowcasts: georeferenced for GDAL, QGIS and xarray; written atomically.
+
+Contract
+--------
+:func:`write_nowcast` writes a forecast dataset (from :func:`pipeline.nowcast.nowcast`) as
+``nowcast_<source>_<YYYYmmddHHMM>.nc`` (the reference time) with:
+
+- dims ``(time, y, x)``; ``time`` the valid times; scalar ``forecast_reference_time``;
+  ``forecast_period`` (minutes) along ``time``;
+- projected ``x``/``y`` in metres (CF ``standard_name``, ``axis``, ``units``) and 2-D
+  ``lat``/``lon`` of every pixel centre;
+- ``crs``: a grid mapping with ``crs_wkt`` (and ``spatial_ref`` for GDAL) and the CF
+  parameters of any projection pyproj can express;
+- ``reflectivity`` (dBZ), ``rainfall_rate`` (mm h-1) and ``precipitation_amount`` (kg m-2),
+  with standard names, ``_FillValue`` and zlib compression;
+- global ``Conventions``, ``title``, ``institution``, ``source`` (model and checkpoint),
+  ``history`` and ``references``.
+
+The file is written under a temporary name in the target directory and renamed into place:
+a reader never sees a partial file, and a re-run replaces the old file in one step.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyproj
+import xarray as xr
+
+from pipeline.cube import GRID_MAPPING, cube_crs
+
+FILL_VALUE = np.float32(-9999.0)
+PRODUCTS = ("reflectivity", "rainfall_rate", "precipitation_amount")
+TIME_UNITS = "minutes since 1970-01-01 00:00:00"
+REFERENCES = (
+    "Wang et al. (2019), Memory In Memory: a predictive neural network for learning "
+    "higher-order non-stationarity from spatiotemporal dynamics, CVPR; https://cfconventions.org"
+)
+
+
+def nowcast_filename(source: str, reference_time: np.datetime64) -> str:
+    """Return ``nowcast_<source>_<YYYYmmddHHMM>.nc``."""
+    stamp = np.datetime64(reference_time, "m").item().strftime("%Y%m%d%H%M")
+    safe = "".join(ch if ch.isalnum() or ch in "-" else "-" for ch in source) or "radar"
+    return f"nowcast_{safe}_{stamp}.nc"
+
+
+def add_latlon(ds: xr.Dataset) -> xr.Dataset:
+    """Return ``ds`` with 2-D ``lat``/``lon`` coordinates of the pixel centres."""
+    crs = cube_crs(ds)
+    xx, yy = np.meshgrid(ds.x.values, ds.y.values)
+    lon, lat = pyproj.Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform(xx, yy)
+    return ds.assign_coords(
+        lat=(("y", "x"), lat.astype(np.float64), {
+            "standard_name": "latitude", "long_name": "latitude", "units": "degrees_north"}),
+        lon=(("y", "x"), lon.astype(np.float64), {
+            "standard_name": "longitude", "long_name": "longitude", "units": "degrees_east"}),
+    )  # fmt: skip
+
+
+def write_nowcast(
+    forecast: xr.Dataset,
+    out_dir: str | Path,
+    *,
+    source: str = "radar",
+    model: str = "MIMNet",
+    checkpoint: str = "untrained",
+    institution: str = "mimcast user",
+) -> Path:
+    """Write ``forecast`` as CF-1.8 NetCDF into ``out_dir`` atomically; return the path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    reference = forecast["forecast_reference_time"].values
+    path = out / nowcast_filename(source, reference)
+    ds = add_latlon(forecast)
+    for name in PRODUCTS:
+        ds[name].attrs["coordinates"] = "lat lon forecast_period forecast_reference_time"
+    ds.attrs = {
+        "Conventions": "CF-1.8",
+        "title": f"mimcast precipitation nowcast from {source}",
+        "institution": institution,
+        "source": f"{model} nowcast (mimcast); checkpoint {checkpoint}",
+        "history": f"{datetime.now(UTC).isoformat(timespec='seconds')} created by mimcast",
+        "references": REFERENCES,
+        "comment": f"inputs: {forecast.attrs.get('input_times', '')}",
+    }
+    encoding = {
+        name: {"zlib": True, "complevel": 4, "_FillValue": FILL_VALUE, "dtype": "float32"}
+        for name in PRODUCTS
+    }
+    for name in ("time", "forecast_reference_time"):
+        encoding[name] = {"units": TIME_UNITS, "calendar": "standard", "dtype": "float64",
+                          "_FillValue": None}  # fmt: skip
+    encoding["lat"] = {"zlib": True, "_FillValue": None}
+    encoding["lon"] = {"zlib": True, "_FillValue": None}
+    encoding["x"] = {"_FillValue": None}
+    encoding["y"] = {"_FillValue": None}
+    encoding["forecast_period"] = {"_FillValue": None}
+    encoding[GRID_MAPPING] = {"_FillValue": None}
+    _remove_stale_temporaries(out)
+    tmp = out / f".{path.name}.{os.getpid()}.tmp"
+    try:
+        ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Remove temporary files left by writers that were killed (their process is gone)."""
+    for tmp in out.glob(".nowcast_*.nc.*.tmp"):
+        try:
+            pid = int(tmp.name.rsplit(".", 2)[-2])
+            os.kill(pid, 0)  # still running: leave it alone
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except (ValueError, PermissionError):
+            continue
+
+
+def read_nowcast(path: str | Path) -> xr.Dataset:
+    """Open a nowcast written by :func:`write_nowcast` (times decoded, lazily)."""
+    return xr.open_dataset(path, engine="netcdf4", decode_times=True)

@@ -1,0 +1,165 @@
+"""Pictures: cartopy quicklooks of nowcasts in the data's own projection, animations, skill curves.
+
+Maps are drawn in the grid's projection (from ``crs_wkt``), with a dBZ colour scale,
+gridlines and lat/lon labels. Coastlines and borders are added when the Natural Earth
+shapefiles are already on disk for cartopy (``cartopy.config['pre_existing_data_dir']`` or
+``data_dir``, or ``$CARTOPY_DATA_DIR``); otherwise the map is drawn without them and a warning
+says how to add them. mimcast never lets cartopy download anything.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import cartopy
+import cartopy.crs as ccrs
+import matplotlib.pyplot as plt
+import numpy as np
+import shapely.geometry as sgeom
+import xarray as xr
+from matplotlib.colors import BoundaryNorm, ListedColormap
+
+from pipeline.cube import cube_crs
+
+# never download at run time: drawing must not hang on a closed network
+cartopy.config["downloaders"] = {}
+if os.environ.get("CARTOPY_DATA_DIR"):
+    cartopy.config["pre_existing_data_dir"] = Path(os.environ["CARTOPY_DATA_DIR"])
+
+DBZ_LEVELS = [5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60, 65, 70]
+DBZ_COLORS = [
+    "#04e9e7", "#019ff4", "#0300f4", "#02fd02", "#01c501", "#008e00", "#fdf802",
+    "#e5bc00", "#fd9500", "#fd0000", "#d40000", "#bc0000", "#f800fd",
+]  # fmt: skip
+DBZ_CMAP = ListedColormap(DBZ_COLORS, name="dbz").with_extremes(
+    under=(1, 1, 1, 0), bad=(0.85, 0.85, 0.85, 1.0)
+)
+DBZ_NORM = BoundaryNorm(DBZ_LEVELS, DBZ_CMAP.N)
+
+
+class DataProjection(ccrs.Projection):
+    """A cartopy projection for any pyproj CRS, bounded by the data's extent."""
+
+    def __init__(self, wkt: str, extent: tuple[float, float, float, float]) -> None:
+        self._extent = extent
+        super().__init__(wkt)
+
+    @property
+    def boundary(self):
+        x0, x1, y0, y1 = self._extent
+        return sgeom.LinearRing([(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)])
+
+    @property
+    def x_limits(self):
+        return self._extent[0], self._extent[1]
+
+    @property
+    def y_limits(self):
+        return self._extent[2], self._extent[3]
+
+    @property
+    def threshold(self):
+        return (self._extent[1] - self._extent[0]) / 1000.0
+
+
+def extent(ds: xr.Dataset) -> tuple[float, float, float, float]:
+    """Return the outer edges ``(xmin, xmax, ymin, ymax)`` of the grid."""
+    x, y = ds.x.values, ds.y.values
+    dx = abs(x[1] - x[0]) if x.size > 1 else 1.0
+    dy = abs(y[1] - y[0]) if y.size > 1 else 1.0
+    return x.min() - dx / 2, x.max() + dx / 2, y.min() - dy / 2, y.max() + dy / 2
+
+
+def natural_earth_available(resolution: str = "50m") -> bool:
+    """Whether cartopy finds Natural Earth coastlines on disk (no download)."""
+    rel = Path("shapefiles", "natural_earth", "physical", f"ne_{resolution}_coastline.shp")
+    dirs = [cartopy.config.get("pre_existing_data_dir"), cartopy.config.get("data_dir")]
+    return any(d and (Path(d) / rel).exists() for d in dirs)
+
+
+def _add_geography(ax) -> None:
+    for resolution in ("10m", "50m", "110m"):
+        if natural_earth_available(resolution):
+            import cartopy.feature as cfeature
+
+            ax.coastlines(resolution=resolution, linewidth=0.7)
+            ax.add_feature(cfeature.BORDERS.with_scale(resolution), linewidth=0.5)
+            return
+    warnings.warn(
+        "Natural Earth coastlines are not installed for cartopy, so the map has none. To add "
+        "them, put the Natural Earth shapefiles under "
+        f"{cartopy.config.get('data_dir')}/shapefiles/natural_earth/ (or point "
+        "CARTOPY_DATA_DIR at a copy); mimcast never downloads them itself.",
+        stacklevel=3,
+    )
+
+
+def map_axes(fig, ds: xr.Dataset, position=111):
+    """Return a cartopy axes in the data's projection with geography and labelled gridlines."""
+    proj = DataProjection(cube_crs(ds).to_wkt(), extent(ds))
+    ax = fig.add_subplot(position, projection=proj)
+    ax.set_extent(extent(ds), crs=proj)
+    _add_geography(ax)
+    gl = ax.gridlines(draw_labels=True, linewidth=0.4, color="0.4", alpha=0.6)
+    gl.top_labels = gl.right_labels = False
+    return ax, proj
+
+
+def draw_dbz(ax, proj, ds: xr.Dataset, field: np.ndarray):
+    """Draw a dBZ field on ``ax``; return the image for a colour bar."""
+    x0, x1, y0, y1 = extent(ds)
+    north_up = ds.y.values[0] > ds.y.values[-1]
+    return ax.imshow(
+        field, extent=(x0, x1, y0, y1), origin="upper" if north_up else "lower",
+        transform=proj, cmap=DBZ_CMAP, norm=DBZ_NORM, interpolation="nearest",
+    )  # fmt: skip
+
+
+def quicklook(forecast: xr.Dataset, lead_minutes: int, path: str | Path) -> Path:
+    """Draw the forecast reflectivity at ``lead_minutes`` as a PNG map; return its path."""
+    leads = forecast["forecast_period"].values.tolist()
+    if lead_minutes not in leads:
+        raise ValueError(f"lead time {lead_minutes} min not in the forecast (have {leads})")
+    i = leads.index(lead_minutes)
+    fig = plt.figure(figsize=(8, 7))
+    ax, proj = map_axes(fig, forecast)
+    img = draw_dbz(ax, proj, forecast, forecast["reflectivity"].values[i])
+    ref = np.datetime64(forecast["forecast_reference_time"].values, "m")
+    valid = np.datetime64(forecast.time.values[i], "m")
+    ax.set_title(f"MIMNet nowcast +{lead_minutes} min\nvalid {valid} UTC (from {ref} UTC)")
+    fig.colorbar(img, ax=ax, shrink=0.75, label="reflectivity (dBZ)", extend="max")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def animation(forecast: xr.Dataset, path: str | Path, fps: float = 3.0) -> Path:
+    """Write an animated GIF of the forecast reflectivity through all lead times."""
+    from matplotlib.animation import FuncAnimation, PillowWriter
+
+    fig = plt.figure(figsize=(7, 6))
+    ax, proj = map_axes(fig, forecast)
+    img = draw_dbz(ax, proj, forecast, forecast["reflectivity"].values[0])
+    fig.colorbar(img, ax=ax, shrink=0.75, label="reflectivity (dBZ)", extend="max")
+    leads = forecast["forecast_period"].values
+
+    def frame(i: int):
+        img.set_data(forecast["reflectivity"].values[i])
+        ax.set_title(f"MIMNet nowcast +{int(leads[i])} min, valid "
+                     f"{np.datetime64(forecast.time.values[i], 'm')} UTC")  # fmt: skip
+        return (img,)
+
+    anim = FuncAnimation(fig, frame, frames=len(leads), blit=False)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    anim.save(path, writer=PillowWriter(fps=fps), dpi=70)
+    plt.close(fig)
+    return path

@@ -1,0 +1,266 @@
+"""Nowcast products: CF NetCDF that GDAL and xarray georeference, atomic writes, tiling, maps."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pyproj
+import pytest
+import torch
+import xarray as xr
+
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.mimnet import MIMNet, MIMNetConfig
+from pipeline.cube import NO_ECHO_DBZ, cube_crs
+from pipeline.netcdf import read_nowcast, write_nowcast
+from pipeline.nowcast import NowcastError, NowcastOptions, input_times, nowcast, predict
+from pipeline.products import ZR, accumulate, dbz_to_rate, rate_to_dbz
+from pipeline.synthetic import SyntheticConfig, synthetic_cube
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "data" / "mimnet_synthetic.safetensors"
+TINY = MIMNetConfig(input_length=4, output_length=3, num_layers=2, num_hidden=8, filter_size=3,
+                    patch_size=4)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cube():
+    ds = synthetic_cube(SyntheticConfig(height=64, width=80, frames=10, seed=5))
+    return ds.assign(observed=("time", np.ones(10, bool))).assign_attrs(time_step_minutes=5)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return MIMNet(TINY).eval()
+
+
+@pytest.fixture(scope="module")
+def written(cube, model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("nowcast")
+    forecast = nowcast(cube, model, NowcastOptions(), source="syn")
+    return forecast, write_nowcast(forecast, out, source="syn", checkpoint="tiny")
+
+
+def test_products_follow_the_z_r_relation():
+    zr = ZR(200, 1.6)
+    rates = np.array([0.0, 0.1, 1.0, 10.0, 100.0, np.nan])
+    dbz = rate_to_dbz(rates, zr)
+    assert dbz[0] == NO_ECHO_DBZ and np.isnan(dbz[-1])
+    assert dbz[2] == pytest.approx(10 * np.log10(200))  # 1 mm/h -> 23.0 dBZ
+    np.testing.assert_allclose(dbz_to_rate(dbz, zr)[1:5], rates[1:5], rtol=1e-5)
+    assert dbz_to_rate(np.array([12.0]), zr, threshold_dbz=15.0)[0] == 0.0
+    acc = accumulate(np.array([[[6.0]], [[12.0]], [[0.0]]]), step_minutes=5)
+    np.testing.assert_allclose(acc[:, 0, 0], [0.5, 1.5, 1.5])
+
+
+def test_forecast_dataset_contents(written, cube):
+    forecast, _ = written
+    assert forecast.reflectivity.shape == (3, 64, 80)
+    assert forecast["forecast_period"].values.tolist() == [5, 10, 15]
+    assert forecast["forecast_reference_time"].values == cube.time.values[-1]
+    assert (forecast.time.values - cube.time.values[-1]).astype("timedelta64[m]").tolist() == [
+        np.timedelta64(m, "m") for m in (5, 10, 15)
+    ]
+    nodata = np.isnan(cube.reflectivity.values[-1])
+    assert np.isnan(forecast.reflectivity.values[:, nodata]).all()
+    rate = forecast.rainfall_rate.values
+    np.testing.assert_allclose(forecast.precipitation_amount.values, accumulate(rate, 5),
+                               rtol=1e-5)  # fmt: skip
+
+
+def test_missing_inputs_raise_a_clear_error(cube, model):
+    holey = cube.copy(deep=True)
+    observed = holey.observed.values.copy()
+    observed[8] = False
+    holey["observed"] = ("time", observed)
+    with pytest.raises(NowcastError, match=r"input frames 2024-07-01T12:40 are missing or gaps"):
+        nowcast(holey, model, NowcastOptions(time="2024-07-01T12:45"))
+    # 'latest' falls back to the last reference time with complete inputs
+    assert str(input_times(holey, 4, "latest")[-1]) == "2024-07-01T12:35"
+    with pytest.raises(NowcastError, match="outside the cube"):
+        nowcast(cube, model, NowcastOptions(time="2024-07-02T00:00"))
+
+
+def test_xarray_reopens_with_decoded_times_and_crs(written, cube):
+    forecast, path = written
+    assert path.name == "nowcast_syn_202407011245.nc"
+    ds = read_nowcast(path)
+    assert {"reflectivity", "rainfall_rate", "precipitation_amount"} <= set(ds.data_vars)
+    assert np.issubdtype(ds.time.dtype, np.datetime64)
+    np.testing.assert_array_equal(ds.time.values, forecast.time.values)
+    assert pyproj.CRS.from_cf(dict(ds.crs.attrs)) == cube_crs(cube)
+    assert ds.reflectivity.attrs["units"] == "dBZ"
+    assert ds.precipitation_amount.attrs["standard_name"] == "precipitation_amount"
+    assert ds.attrs["Conventions"] == "CF-1.8" and "checkpoint tiny" in ds.attrs["source"]
+    np.testing.assert_allclose(ds.reflectivity.values, forecast.reflectivity.values)
+    # a known pixel's lat/lon agrees with pyproj
+    to_ll = pyproj.Transformer.from_crs(cube_crs(cube), "EPSG:4326", always_xy=True)
+    lon, lat = to_ll.transform(cube.x.values[17], cube.y.values[40])
+    assert ds.lat.values[40, 17] == pytest.approx(lat, abs=1e-9)
+    assert ds.lon.values[40, 17] == pytest.approx(lon, abs=1e-9)
+
+
+gdal = pytest.mark.skipif(shutil.which("gdalinfo") is None, reason="gdal-bin not installed")
+
+
+@gdal
+def test_gdal_georeferences_to_the_cube_grid(written, cube):
+    _, path = written
+    info = json.loads(subprocess.run(
+        ["gdalinfo", "-json", f'NETCDF:"{path}":reflectivity'],
+        capture_output=True, text=True, check=True).stdout)  # fmt: skip
+    x, y = cube.x.values, cube.y.values
+    dx, dy = x[1] - x[0], y[1] - y[0]
+    expected = [x[0] - dx / 2, dx, 0.0, y[0] - dy / 2, 0.0, dy]
+    np.testing.assert_allclose(info["geoTransform"], expected, atol=1e-6)
+    assert info["size"] == [80, 64]
+    assert pyproj.CRS.from_wkt(info["coordinateSystem"]["wkt"]).equals(cube_crs(cube))
+    # GDAL finds the pixel that contains a lon/lat where pyproj says it is
+    to_ll = pyproj.Transformer.from_crs(cube_crs(cube), "EPSG:4326", always_xy=True)
+    lon, lat = to_ll.transform(x[33], y[21])
+    cmd = [
+        "gdallocationinfo",
+        "-xml",
+        "-wgs84",
+        f'NETCDF:"{path}":reflectivity',
+        str(lon),
+        str(lat),
+    ]
+    loc = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    assert 'pixel="33"' in loc and 'line="21"' in loc
+
+
+def test_cf_checker_reports_no_errors(written):
+    _, path = written
+    exe = Path(sys.executable).with_name("compliance-checker")
+    result = subprocess.run([str(exe), "--test", "cf:1.8", "-f", "json", "-o", "-", str(path)],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    report = json.loads(result.stdout[result.stdout.index("{") :])["cf:1.8"]
+    failed = [c["name"] for c in report["high_priorities"] if c["value"][0] < c["value"][1]]
+    assert report["high_count"] == 0 and not failed, failed
+    assert report["scored_points"] == report["possible_points"]
+    assert result.returncode == 0
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys, numpy as np, xarray as xr
+    from pipeline.netcdf import write_nowcast
+    small = xr.open_dataset(sys.argv[1]).load()
+    nt, ny, nx = 24, 1000, 1200
+    x = small.x.values[0] + 1000.0 * np.arange(nx)
+    y = small.y.values[0] - 1000.0 * np.arange(ny)
+    noise = np.random.default_rng(0).random((nt, ny, nx), dtype=np.float32)
+    t0 = small.forecast_reference_time.values
+    big = xr.Dataset(
+        {name: (("time", "y", "x"), noise * 50, small[name].attrs) for name in
+         ("reflectivity", "rainfall_rate", "precipitation_amount")},
+        coords={"time": t0 + np.arange(1, nt + 1) * np.timedelta64(5, "m"),
+                "forecast_period": ("time", np.arange(1, nt + 1) * 5),
+                "forecast_reference_time": t0, "x": ("x", x, small.x.attrs),
+                "y": ("y", y, small.y.attrs), "crs": small.crs})
+    print("ready", flush=True)
+    write_nowcast(big, sys.argv[2], source="syn")
+    """
+)
+
+
+def test_killed_writer_leaves_the_previous_file_intact(written, tmp_path):
+    forecast, path = written
+    out = tmp_path / "out"
+    out.mkdir()
+    target = out / path.name
+    shutil.copy(path, target)
+    before = target.read_bytes()
+    src = tmp_path / "src.nc"
+    forecast.to_netcdf(src)
+    cmd = [sys.executable, "-c", WRITER, str(src), str(out)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)  # fmt: skip
+    assert proc.stdout.readline().strip() == "ready"
+    deadline = time.monotonic() + 120
+    while not list(out.glob(".nowcast_*.tmp")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)
+    assert proc.poll() is None, "the writer finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert target.read_bytes() == before  # the previous file, untouched
+    assert sorted(p.name for p in out.glob("nowcast_*.nc")) == [path.name]
+    xr.open_dataset(target).close()
+    # the next write replaces it atomically and clears the dead writer's temporary file
+    write_nowcast(forecast, out, source="syn")
+    assert sorted(p.name for p in out.iterdir()) == [path.name]
+
+
+@pytest.mark.skipif(not SHIPPED.exists(), reason="shipped checkpoint not present")
+def test_tiled_inference_matches_untiled_with_the_shipped_model():
+    model, _ = load_checkpoint(SHIPPED)
+    cube = synthetic_cube(SyntheticConfig(height=160, width=192, frames=model.config.input_length,
+                                          seed=12))  # fmt: skip
+    from pipeline.sequences import Normalizer
+
+    x, _ = Normalizer().normalize(cube.reflectivity.values)
+    whole = predict(model, x, NowcastOptions())
+    tiled = predict(model, x, NowcastOptions(max_pixels=64 * 64, tile=96, overlap=48))
+    diff = np.abs(tiled - whole) * 70  # in dBZ
+    assert diff.mean() < 0.5 and np.percentile(diff, 99) < 3.0, (diff.mean(), diff.max())
+    no_overlap = predict(model, x, NowcastOptions(max_pixels=64 * 64, tile=96, overlap=0))
+    assert (np.abs(no_overlap - whole) * 70).mean() > diff.mean()  # the blending is what helps
+
+
+def test_tiling_covers_the_grid_with_a_tiny_model(cube, model):
+    from pipeline.sequences import Normalizer
+
+    x, _ = Normalizer().normalize(cube.reflectivity.values[:4])
+    whole = predict(model, x, NowcastOptions())
+    tiled = predict(model, x, NowcastOptions(max_pixels=100, tile=48, overlap=16))
+    assert tiled.shape == whole.shape and np.isfinite(tiled).all()
+    assert np.abs(tiled - whole).mean() < 0.05
+
+
+def test_quicklook_png_and_animation_are_drawn(written, tmp_path):
+    from PIL import Image
+
+    from pipeline.plots import DBZ_CMAP, DBZ_NORM, animation, quicklook
+
+    forecast, _ = written
+    strong = forecast.copy()
+    strong["reflectivity"] = forecast.reflectivity.fillna(0) * 0 + 40.0  # a field to see
+    with pytest.warns(UserWarning, match="mimcast never downloads them"):
+        png = quicklook(strong, 10, tmp_path / "map.png")  # no Natural Earth here: no coasts
+    img = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    assert img.shape[0] > 300 and img.std() > 20
+    # the 40 dBZ colour covers a large part of the map
+    target = np.array(DBZ_CMAP(DBZ_NORM(40.0))[:3]) * 255
+    assert (np.abs(img - target).sum(axis=2) < 30).mean() > 0.2
+    gif = animation(forecast, tmp_path / "anim.gif")
+    with Image.open(gif) as anim:
+        assert anim.n_frames == 3
+    with pytest.raises(ValueError, match="lead time 7 min"):
+        quicklook(forecast, 7, tmp_path / "x.png")
+
+
+def test_cli_nowcast_with_a_checkpoint(cube, model, tmp_path):
+    from flows.cli import main
+
+    store = tmp_path / "c.zarr"
+    cube.to_zarr(store, consolidated=False)
+    ckpt = save_checkpoint(model, tmp_path / "tiny.safetensors", extra={"step": 3})
+    code = main(["nowcast", str(store), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"),
+                 "--plot", "--leads", "5", "15"])  # fmt: skip
+    assert code == 0
+    names = sorted(p.name for p in (tmp_path / "o").iterdir())
+    stem = "nowcast_c_202407011245"
+    assert names == [f"{stem}.gif", f"{stem}.nc", f"{stem}_005min.png", f"{stem}_015min.png"]
+    assert dataclasses.asdict(load_checkpoint(ckpt)[0].config) == dataclasses.asdict(TINY)

@@ -102,6 +102,23 @@ def _cmd_nowcast(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from flows.jobs import run_evaluate
+
+    methods = ("mimnet", "persistence", "extrapolation") + (("sprog",) if args.sprog else ())
+    out = run_evaluate(
+        args.cube, args.out, checkpoint=args.checkpoint, start=args.start, end=args.end,
+        every=args.every, scheduler=args.scheduler, methods=methods, device=args.device,
+        progress=not args.quiet,
+    )  # fmt: skip
+    print(f"{out.n_forecasts} forecasts scored per method")
+    print(f"scores: {out.scores_csv.resolve()}")
+    print(f"report: {out.report.resolve()}")
+    for fig in out.figures:
+        print(f"figure: {fig.resolve()}")
+    return 0
+
+
 def _not_implemented(issue: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         print(
@@ -221,8 +238,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
     p.set_defaults(func=_cmd_nowcast)
 
+    p = sub.add_parser(
+        "evaluate",
+        help="hindcast and score against persistence and extrapolation",
+        description="Run MIMNet and the baselines (persistence, pysteps extrapolation, "
+        "optionally S-PROG) at reference times over a cube; write scores.csv, report.md and "
+        "PNG skill curves and example maps. Reference times run in parallel with dask.",
+    )
+    p.add_argument("cube", metavar="CUBE", help="Zarr cube from 'mimcast ingest'")
+    p.add_argument("--checkpoint", help="MIMNet checkpoint (default: the shipped one)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--start", help="first reference time (ISO 8601 UTC)")
+    p.add_argument("--end", help="last reference time (ISO 8601 UTC)")
+    p.add_argument("--every", type=int, default=1, help="use every N-th reference time")
+    p.add_argument("--scheduler", help="dask: threads (default), synchronous, or tcp://host:port")
+    p.add_argument("--sprog", action="store_true", help="also score pysteps S-PROG")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_evaluate)
+
     later = {
-        "evaluate": ("hindcast and score against persistence and extrapolation", "issue #7"),
         "serve": ("serve all Prefect deployments from one process", "issue #8"),
         "demo": ("run the whole job on a synthetic archive", "issue #9"),
     }

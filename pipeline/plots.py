@@ -103,7 +103,8 @@ def _add_geography(ax) -> None:
 def map_axes(fig, ds: xr.Dataset, position=111):
     """Return a cartopy axes in the data's projection with geography and labelled gridlines."""
     proj = DataProjection(cube_crs(ds).to_wkt(), extent(ds))
-    ax = fig.add_subplot(position, projection=proj)
+    args = position if isinstance(position, tuple) else (position,)
+    ax = fig.add_subplot(*args, projection=proj)
     ax.set_extent(extent(ds), crs=proj)
     _add_geography(ax)
     gl = ax.gridlines(draw_labels=True, linewidth=0.4, color="0.4", alpha=0.6)
@@ -161,5 +162,76 @@ def animation(forecast: xr.Dataset, path: str | Path, fps: float = 3.0) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     anim.save(path, writer=PillowWriter(fps=fps), dpi=70)
+    plt.close(fig)
+    return path
+
+
+METHOD_STYLE = {
+    "mimnet": ("MIMNet", "C0", "o-"),
+    "extrapolation": ("extrapolation (LK)", "C1", "s--"),
+    "persistence": ("persistence", "k", "^:"),
+    "sprog": ("S-PROG", "C2", "d-."),
+}
+
+
+def skill_curves(rows: list[dict], out_dir: str | Path) -> list[Path]:
+    """Draw CSI vs lead time (one panel per threshold) and MSE vs lead time; return PNGs."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    methods = sorted({r["method"] for r in rows}, key=lambda m: (m != "mimnet", m))
+    thresholds = sorted({r["threshold"] for r in rows if r["metric"] == "CSI"},
+                        key=lambda t: (t.split()[1], float(t.split()[0])))  # fmt: skip
+    fig, axes = plt.subplots(1, len(thresholds), figsize=(3.2 * len(thresholds), 3.4),
+                             sharey=True, squeeze=False)  # fmt: skip
+    for ax, thr in zip(axes[0], thresholds, strict=True):
+        for m in methods:
+            pts = sorted(
+                (r["lead_time"], r["value"])
+                for r in rows
+                if r["method"] == m and r["metric"] == "CSI" and r["threshold"] == thr
+            )
+            label, color, style = METHOD_STYLE.get(m, (m, None, "o-"))
+            ax.plot(*zip(*pts, strict=True), style, color=color, label=label, ms=3)
+        ax.set(title=f"CSI ≥ {thr}", xlabel="lead time (min)", ylim=(0, 1))
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("CSI")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    csi = out / "skill_csi.png"
+    fig.savefig(csi, dpi=90)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for m in methods:
+        pts = sorted((r["lead_time"], r["value"]) for r in rows
+                     if r["method"] == m and r["metric"] == "MSE")  # fmt: skip
+        label, color, style = METHOD_STYLE.get(m, (m, None, "o-"))
+        ax.plot(*zip(*pts, strict=True), style, color=color, label=label, ms=3)
+    ax.set(title="MSE (dBZ², valid pixels)", xlabel="lead time (min)", ylabel="MSE")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    mse = out / "skill_mse.png"
+    fig.savefig(mse, dpi=90)
+    plt.close(fig)
+    return [csi, mse]
+
+
+def example_maps(grid: xr.Dataset, panels: dict[str, np.ndarray], leads: list[int],
+                 path: str | Path, title: str) -> Path:  # fmt: skip
+    """Draw side-by-side maps: one row per lead time, one column per field (dBZ)."""
+    names = list(panels)
+    fig = plt.figure(figsize=(3.3 * len(names), 3.2 * len(leads) + 0.6))
+    img = None
+    for i, lead_index in enumerate(leads):
+        for j, name in enumerate(names):
+            ax, proj = map_axes(fig, grid, (len(leads), len(names), i * len(names) + j + 1))
+            img = draw_dbz(ax, proj, grid, panels[name][lead_index])
+            ax.set_title(f"{name} +{(lead_index + 1) * int(grid.attrs.get('step', 5))} min",
+                         fontsize=9)  # fmt: skip
+    fig.suptitle(title)
+    if img is not None:
+        fig.colorbar(img, ax=fig.axes, shrink=0.6, label="reflectivity (dBZ)")
+    path = Path(path)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
     return path

@@ -1,0 +1,381 @@
+"""Verification: MIMNet against persistence and optical-flow extrapolation, per lead time.
+
+Contract
+--------
+- **Scores** per method and lead time, aggregated over many reference times: categorical
+  scores (CSI, POD, FAR, HSS, ETS) from contingency tables *summed* over forecasts (pysteps'
+  ``det_cat_fct`` accumulators) at reflectivity thresholds (20/30/40 dBZ) and rain-rate
+  thresholds (0.5/1/5/10 mm/h); MSE and MAE in dBZ; SSIM (scikit-image, averaged over
+  forecasts); FSS at several scales (pysteps' ``fss`` accumulators). Only pixels valid in
+  the observation and in the last input frame count; reflectivity is floored at 0 dBZ, so
+  "no echo" compares as 0 dBZ.
+- **Baselines** on the same inputs: persistence (the last observed frame), extrapolation
+  (pysteps Lucas-Kanade motion + semi-Lagrangian advection of the last frame) and, when
+  asked, S-PROG (pysteps; the MSE-optimal benchmark pysteps recommends for networks).
+- **Hindcast** (:func:`hindcast`): every ``every``-th reference time in ``[start, end]`` whose
+  inputs and targets are all observed; reference times run in parallel with dask (local
+  threads, or a distributed scheduler address).
+- :func:`score_table` gives long-form rows ``method, lead_time, metric, threshold, value, n``
+  (``n``: forecasts aggregated) for ``scores.csv`` and the Markdown report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import io
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from pipeline.cube import VARIABLE
+from pipeline.products import MARSHALL_PALMER, ZR, dbz_to_rate
+
+DBZ_THRESHOLDS = (20.0, 30.0, 40.0)
+RATE_THRESHOLDS = (0.5, 1.0, 5.0, 10.0)
+FSS_SCALES = (1, 5, 11, 21)  # window sizes in pixels
+CATEGORICAL = ("CSI", "POD", "FAR", "HSS", "ETS")
+METHODS = ("mimnet", "persistence", "extrapolation")
+FLOOR_DBZ = 0.0
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    """What is scored and how."""
+
+    dbz_thresholds: tuple[float, ...] = DBZ_THRESHOLDS  # categorical thresholds, dBZ
+    rate_thresholds: tuple[float, ...] = RATE_THRESHOLDS  # categorical thresholds, mm/h
+    fss_scales: tuple[int, ...] = FSS_SCALES  # FSS window sizes, pixels
+    fss_threshold_dbz: float = 30.0  # FSS event threshold
+    methods: tuple[str, ...] = METHODS  # any of mimnet, persistence, extrapolation, sprog
+    zr: ZR = MARSHALL_PALMER  # for the rain-rate thresholds
+    motion_frames: int = 3  # input frames used by Lucas-Kanade
+
+
+# --------------------------------------------------------------------------------------------
+# accumulating scores
+
+
+@functools.cache
+def _pysteps():
+    """Import pysteps once, without its banner on stdout."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        import pysteps
+        import pysteps.motion
+        import pysteps.nowcasts
+        import pysteps.verification.detcatscores
+        import pysteps.verification.spatialscores
+    return pysteps
+
+
+def _pysteps_verification():
+    verification = _pysteps().verification
+    return verification.detcatscores, verification.spatialscores
+
+
+class Scores:
+    """Mergeable score accumulators: method -> lead -> tables and sums."""
+
+    def __init__(self, options: VerifyOptions) -> None:
+        self.options = options
+        self.data: dict[str, dict[int, dict[str, Any]]] = {}
+
+    def _slot(self, method: str, lead: int) -> dict[str, Any]:
+        det, spatial = _pysteps_verification()
+        opts = self.options
+        return self.data.setdefault(method, {}).setdefault(lead, {
+            "cat": {("dBZ", t): det.det_cat_fct_init(t) for t in opts.dbz_thresholds}
+            | {("mm/h", t): det.det_cat_fct_init(t) for t in opts.rate_thresholds},
+            "fss": {s: spatial.fss_init(opts.fss_threshold_dbz, s) for s in opts.fss_scales},
+            "se": 0.0, "ae": 0.0, "px": 0, "ssim": 0.0, "ssim_n": 0, "n": 0,
+        })  # fmt: skip
+
+    def add(self, method: str, lead: int, forecast: np.ndarray, observed: np.ndarray) -> None:
+        """Add one forecast field (dBZ, NaN outside the scored area) and its observation."""
+        from skimage.metrics import structural_similarity
+
+        det, spatial = _pysteps_verification()
+        slot = self._slot(method, lead)
+        valid = np.isfinite(forecast) & np.isfinite(observed)
+        f = np.where(valid, np.maximum(forecast, FLOOR_DBZ), np.nan)
+        o = np.where(valid, np.maximum(observed, FLOOR_DBZ), np.nan)
+        fv, ov = f[valid], o[valid]  # pysteps would count NaN pixels as correct negatives
+        rates = None
+        for (kind, _), table in slot["cat"].items():
+            if kind == "dBZ":
+                det.det_cat_fct_accum(table, fv, ov)
+            else:
+                if rates is None:
+                    rates = dbz_to_rate(fv, self.options.zr), dbz_to_rate(ov, self.options.zr)
+                det.det_cat_fct_accum(table, *rates)
+        for fss in slot["fss"].values():
+            spatial.fss_accum(fss, np.nan_to_num(f, nan=FLOOR_DBZ), np.nan_to_num(o, nan=FLOOR_DBZ))
+        diff = (f - o)[valid]
+        slot["se"] += float(np.sum(diff * diff))
+        slot["ae"] += float(np.sum(np.abs(diff)))
+        slot["px"] += int(valid.sum())
+        side = min(f.shape)
+        win = min(7, side if side % 2 else side - 1)
+        if win >= 3:  # SSIM needs a window of at least 3 x 3 pixels
+            o0, f0 = np.nan_to_num(o, nan=FLOOR_DBZ), np.nan_to_num(f, nan=FLOOR_DBZ)
+            slot["ssim"] += float(structural_similarity(o0, f0, data_range=70.0, win_size=win))
+            slot["ssim_n"] += 1
+        slot["n"] += 1
+
+    def merge(self, other: Scores) -> Scores:
+        """Add ``other``'s accumulators into these (both from the same options)."""
+        det, spatial = _pysteps_verification()
+        for method, leads in other.data.items():
+            for lead, theirs in leads.items():
+                mine = self._slot(method, lead)
+                if mine["n"] == 0:  # pysteps refuses to merge into an empty accumulator
+                    self.data[method][lead] = copy.deepcopy(theirs)
+                    continue
+                for key in mine["cat"]:
+                    mine["cat"][key] = det.det_cat_fct_merge(mine["cat"][key], theirs["cat"][key])
+                for key in mine["fss"]:
+                    mine["fss"][key] = spatial.fss_merge(mine["fss"][key], theirs["fss"][key])
+                for key in ("se", "ae", "px", "ssim", "ssim_n", "n"):
+                    mine[key] += theirs[key]
+        return self
+
+    def table(self) -> list[dict[str, Any]]:
+        """Return long-form rows: method, lead_time, metric, threshold, value, n."""
+        det, spatial = _pysteps_verification()
+        rows = []
+        for method, leads in self.data.items():
+            for lead, slot in sorted(leads.items()):
+                n = slot["n"]
+
+                def row(metric, threshold, value, method=method, lead=lead, n=n):
+                    return {"method": method, "lead_time": lead, "metric": metric,
+                            "threshold": threshold, "value": float(value), "n": n}  # fmt: skip
+
+                for (kind, thr), table in slot["cat"].items():
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", RuntimeWarning)
+                        result = det.det_cat_fct_compute(table, scores=list(CATEGORICAL))
+                    for metric in CATEGORICAL:
+                        rows.append(row(metric, f"{thr:g} {kind}", result[metric]))
+                px = max(slot["px"], 1)
+                rows.append(row("MSE", "", slot["se"] / px))
+                rows.append(row("MAE", "", slot["ae"] / px))
+                ssim = slot["ssim"] / slot["ssim_n"] if slot["ssim_n"] else float("nan")
+                rows.append(row("SSIM", "", ssim))
+                for scale, fss in slot["fss"].items():
+                    value = spatial.fss_compute(fss)
+                    rows.append(row("FSS", f"{self.options.fss_threshold_dbz:g} dBZ @ {scale} px",
+                                    value))  # fmt: skip
+        return rows
+
+
+def score_table(scores: Scores) -> list[dict[str, Any]]:
+    """Long-form rows of ``scores`` (see :meth:`Scores.table`)."""
+    return scores.table()
+
+
+# --------------------------------------------------------------------------------------------
+# baselines
+
+
+def persistence(inputs: np.ndarray, n_leads: int) -> np.ndarray:
+    """Repeat the last observed frame ``n_leads`` times."""
+    return np.repeat(inputs[-1:], n_leads, axis=0)
+
+
+def extrapolation(inputs: np.ndarray, n_leads: int, motion_frames: int = 3) -> np.ndarray:
+    """Lucas-Kanade motion from the last frames, semi-Lagrangian advection of the last one."""
+    motion, nowcasts = _pysteps().motion, _pysteps().nowcasts
+    field = np.nan_to_num(np.maximum(inputs[-motion_frames:], FLOOR_DBZ), nan=FLOOR_DBZ)
+    velocity = motion.get_method("LK")(field, verbose=False)
+    extrap = nowcasts.get_method("extrapolation")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = extrap(field[-1], velocity, n_leads, extrap_kwargs={"outval": FLOOR_DBZ})
+    return np.asarray(out, dtype=np.float32)
+
+
+def sprog(inputs: np.ndarray, n_leads: int, motion_frames: int = 3) -> np.ndarray:
+    """S-PROG (pysteps): cascade decomposition with scale-dependent AR(2) smoothing."""
+    motion, nowcasts = _pysteps().motion, _pysteps().nowcasts
+    field = np.nan_to_num(np.maximum(inputs[-motion_frames:], FLOOR_DBZ), nan=FLOOR_DBZ)
+    velocity = motion.get_method("LK")(field, verbose=False)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        out = nowcasts.get_method("sprog")(
+            field, velocity, n_leads, precip_thr=10.0, n_cascade_levels=6,
+            measure_time=False, ar_order=2,
+        )  # fmt: skip
+    return np.nan_to_num(np.asarray(out, dtype=np.float32), nan=FLOOR_DBZ)
+
+
+BASELINES: dict[str, Callable[..., np.ndarray]] = {
+    "persistence": lambda inputs, n, k: persistence(inputs, n),
+    "extrapolation": extrapolation,
+    "sprog": sprog,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# hindcast
+
+
+def reference_times(
+    cube: xr.Dataset,
+    n_inputs: int,
+    n_leads: int,
+    *,
+    start: str | None = None,
+    end: str | None = None,
+    every: int = 1,
+) -> list[np.datetime64]:
+    """Return reference times whose inputs and targets are all observed, at a stride."""
+    observed = cube["observed"].values if "observed" in cube else np.ones(cube.sizes["time"], bool)
+    times = cube.time.values
+    run = np.convolve(observed.astype(int), np.ones(n_inputs + n_leads, int), "valid")
+    ok = np.flatnonzero(run == n_inputs + n_leads) + n_inputs - 1  # index of the reference
+    refs = times[ok]
+    if start:
+        refs = refs[refs >= np.datetime64(start.replace("Z", ""), "ns")]
+    if end:
+        refs = refs[refs <= np.datetime64(end.replace("Z", ""), "ns")]
+    return list(refs[:: max(every, 1)])
+
+
+def score_reference(
+    cube: xr.Dataset,
+    reference: np.datetime64,
+    n_inputs: int,
+    n_leads: int,
+    step: int,
+    model_forecast: Callable[[np.datetime64], np.ndarray] | None,
+    options: VerifyOptions,
+) -> Scores:
+    """Score every method on one reference time; return its accumulators."""
+    index = int(np.flatnonzero(cube.time.values == reference)[0])
+    block = cube[VARIABLE].isel(time=slice(index - n_inputs + 1, index + n_leads + 1)).values
+    inputs, observed = block[:n_inputs], block[n_inputs:]
+    mask = np.isfinite(inputs[-1])
+    scores = Scores(options)
+    forecasts: dict[str, np.ndarray] = {}
+    for method in options.methods:
+        if method == "mimnet":
+            if model_forecast is None:
+                continue
+            forecasts[method] = model_forecast(reference)
+        else:
+            forecasts[method] = BASELINES[method](inputs, n_leads, options.motion_frames)
+    for method, fc in forecasts.items():
+        for k in range(n_leads):
+            f = np.where(mask, fc[k], np.nan)
+            scores.add(method, (k + 1) * step, f, observed[k])
+    return scores
+
+
+def hindcast(
+    cube: xr.Dataset,
+    refs: Sequence[np.datetime64],
+    n_inputs: int,
+    n_leads: int,
+    step: int,
+    model_forecast: Callable[[np.datetime64], np.ndarray] | None,
+    options: VerifyOptions | None = None,
+    *,
+    scheduler: str | None = None,
+    progress: bool = False,
+) -> Scores:
+    """Score all reference times in parallel with dask and merge the accumulators.
+
+    ``scheduler``: None or "threads" (local threads), "synchronous", or the address of a
+    running distributed scheduler (``tcp://host:8786``).
+    """
+    import dask
+
+    options = options or VerifyOptions()
+    if not refs:
+        raise ValueError("no reference time with complete inputs and targets in the period")
+    task = functools.partial(score_reference, cube, n_inputs=n_inputs, n_leads=n_leads,
+                             step=step, model_forecast=model_forecast, options=options)  # fmt: skip
+    tasks = [dask.delayed(task)(ref) for ref in refs]
+    if scheduler and "://" in scheduler:
+        from distributed import Client
+
+        with Client(scheduler) as client:
+            results = client.gather(client.compute(tasks))
+    else:
+        ctx = None
+        if progress:
+            from dask.diagnostics import ProgressBar
+
+            ctx = ProgressBar(minimum=1.0)
+        with ctx if ctx is not None else _null():
+            results = dask.compute(*tasks, scheduler=scheduler or "threads")
+    total = Scores(options)
+    for part in results:
+        total.merge(part)
+    return total
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# reports
+
+
+def write_scores_csv(rows: list[dict[str, Any]], path) -> None:
+    """Write long-form score rows as CSV (method, lead_time, metric, threshold, value, n)."""
+    import csv
+    from pathlib import Path
+
+    path = Path(path)
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["method", "lead_time", "metric", "threshold",
+                                                "value", "n"])  # fmt: skip
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "value": f"{row['value']:.6g}"})
+
+
+def markdown_report(rows: list[dict[str, Any]], *, title: str, notes: Sequence[str] = (),
+                    images: Sequence[str] = ()) -> str:  # fmt: skip
+    """Return a Markdown report: per-lead tables of the headline scores for every method."""
+    methods = sorted({r["method"] for r in rows}, key=lambda m: (m != "mimnet", m))
+    leads = sorted({r["lead_time"] for r in rows})
+    n = max((r["n"] for r in rows), default=0)
+    index = {(r["method"], r["lead_time"], r["metric"], r["threshold"]): r["value"] for r in rows}
+    lines = [f"# {title}", "", f"{n} forecasts per method and lead time.", ""]
+    lines += [f"- {note}" for note in notes]
+    headline = [
+        ("MSE", "", "MSE (dBZ², lower is better)"),
+        ("CSI", "20 dBZ", "CSI ≥ 20 dBZ"),
+        ("CSI", "30 dBZ", "CSI ≥ 30 dBZ"),
+        ("CSI", "1 mm/h", "CSI ≥ 1 mm/h"),
+        ("FSS", "30 dBZ @ 11 px", "FSS ≥ 30 dBZ at 11 px"),
+        ("SSIM", "", "SSIM"),
+    ]
+    for metric, threshold, label in headline:
+        if not any(k[2] == metric and k[3] == threshold for k in index):
+            continue
+        lines += ["", f"## {label}", "", "| lead (min) | " + " | ".join(methods) + " |",
+                  "|---" * (len(methods) + 1) + "|"]  # fmt: skip
+        for lead in leads:
+            cells = []
+            for m in methods:
+                v = index.get((m, lead, metric, threshold))
+                cells.append("" if v is None or not np.isfinite(v) else f"{v:.3f}")
+            lines.append(f"| {lead} | " + " | ".join(cells) + " |")
+    if images:
+        lines += ["", "## Figures", ""] + [f"![{name}]({name})" for name in images]
+    lines += ["", "All scores: `scores.csv` (method, lead_time, metric, threshold, value, n)."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,151 @@
+"""Verification: scores against hand-computed tables, baselines on pure advection, the report."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from models.checkpoint import save_checkpoint
+from models.mimnet import MIMNet, MIMNetConfig
+from pipeline.synthetic import SyntheticConfig, synthetic_cube
+from pipeline.verify import (
+    Scores,
+    VerifyOptions,
+    extrapolation,
+    hindcast,
+    persistence,
+    reference_times,
+)
+
+
+def _rows(scores, method="m", lead=5):
+    return {(r["metric"], r["threshold"]): r["value"] for r in scores.table()
+            if r["method"] == method and r["lead_time"] == lead}  # fmt: skip
+
+
+def test_categorical_scores_match_hand_computed_tables():
+    obs = np.array([[25.0, 25.0, 10.0, 10.0], [25.0, 10.0, 10.0, np.nan]])
+    fc = np.array([[25.0, 10.0, 25.0, 10.0], [25.0, 10.0, 10.0, 50.0]])
+    scores = Scores(VerifyOptions(dbz_thresholds=(20.0,), rate_thresholds=(), fss_scales=(1,)))
+    scores.add("m", 5, fc, obs)
+    scores.add("m", 5, fc, obs)  # tables are summed over forecasts
+    # per field: hits 2, misses 1, false alarms 1, correct negatives 3 (the NaN pixel is out)
+    h, m, f, c = 4, 2, 2, 6
+    n = h + m + f + c
+    rows = _rows(scores)
+    assert rows[("CSI", "20 dBZ")] == pytest.approx(h / (h + m + f))
+    assert rows[("POD", "20 dBZ")] == pytest.approx(h / (h + m))
+    assert rows[("FAR", "20 dBZ")] == pytest.approx(f / (h + f))
+    expected_random = (h + m) * (h + f) / n
+    assert rows[("ETS", "20 dBZ")] == pytest.approx(
+        (h - expected_random) / (h + m + f - expected_random)
+    )
+    hss = 2 * (h * c - m * f) / ((h + m) * (m + c) + (h + f) * (f + c))
+    assert rows[("HSS", "20 dBZ")] == pytest.approx(hss)
+    valid = np.isfinite(obs)
+    err = fc[valid] - obs[valid]
+    assert rows[("MSE", "")] == pytest.approx(np.mean(err**2))
+    assert rows[("MAE", "")] == pytest.approx(np.mean(np.abs(err)))
+
+
+def test_fss_and_ssim_behave():
+    rng = np.random.default_rng(0)
+    obs = np.where(rng.random((64, 64)) > 0.8, 40.0, 0.0)
+    shifted = np.roll(obs, 3, axis=1)
+    scores = Scores(VerifyOptions(fss_scales=(1, 9), fss_threshold_dbz=30.0))
+    scores.add("perfect", 5, obs, obs)
+    scores.add("shifted", 5, shifted, obs)
+    perfect, shift = _rows(scores, "perfect"), _rows(scores, "shifted")
+    assert perfect[("FSS", "30 dBZ @ 1 px")] == pytest.approx(1.0)
+    assert perfect[("SSIM", "")] == pytest.approx(1.0)
+    # a displaced field is poor pixel by pixel and better at larger scales
+    assert shift[("FSS", "30 dBZ @ 9 px")] > shift[("FSS", "30 dBZ @ 1 px")]
+    assert shift[("SSIM", "")] < 0.9
+
+
+def test_nan_regions_are_excluded():
+    obs = np.full((10, 10), 30.0)
+    fc = np.full((10, 10), 30.0)
+    obs[:, :5] = np.nan  # no data
+    fc[:, :5] = 70.0  # whatever the forecast says there
+    scores = Scores(VerifyOptions())
+    scores.add("m", 5, fc, obs)
+    rows = _rows(scores)
+    assert rows[("MSE", "")] == 0.0 and rows[("CSI", "20 dBZ")] == 1.0
+    assert rows[("FAR", "40 dBZ")] != rows[("FAR", "40 dBZ")] or rows[("FAR", "40 dBZ")] == 0
+
+
+def test_merge_equals_accumulating_in_one_place():
+    rng = np.random.default_rng(1)
+    fields = [(rng.random((16, 16)) * 50, rng.random((16, 16)) * 50) for _ in range(4)]
+    one, a, b = Scores(VerifyOptions()), Scores(VerifyOptions()), Scores(VerifyOptions())
+    for i, (f, o) in enumerate(fields):
+        one.add("m", 5, f, o)
+        (a if i < 2 else b).add("m", 5, f, o)
+    merged = Scores(VerifyOptions()).merge(a).merge(b)
+    for r1, r2 in zip(one.table(), merged.table(), strict=True):
+        assert r1["value"] == pytest.approx(r2["value"], nan_ok=True)
+
+
+@pytest.fixture(scope="module")
+def advection_cube():
+    # pure advection: stratiform rain with frozen shape, uniform wind, no cells
+    config = SyntheticConfig(height=96, width=96, frames=30, seed=4, cell_rate=0.0,
+                             stratiform_fraction=0.3, stratiform_evolution_frames=1e9,
+                             wind_variation=0.0, speckle_fraction=0.0, wind_u=12.0, wind_v=-6.0,
+                             texture=0.4, radars=1, coverage_radius=1.0)  # fmt: skip
+    cube = synthetic_cube(config)
+    return cube.assign(observed=("time", np.ones(30, bool)))
+
+
+def test_extrapolation_beats_persistence_on_pure_advection(advection_cube):
+    refs = reference_times(advection_cube, 4, 8, every=4)
+    assert len(refs) >= 4
+    scores = hindcast(advection_cube, refs, 4, 8, 5, None,
+                      VerifyOptions(methods=("persistence", "extrapolation")))  # fmt: skip
+    mse = {
+        (r["method"], r["lead_time"]): r["value"] for r in scores.table() if r["metric"] == "MSE"
+    }
+    csi = {(r["method"], r["lead_time"]): r["value"] for r in scores.table()
+           if r["metric"] == "CSI" and r["threshold"] == "20 dBZ"}  # fmt: skip
+    for lead in range(15, 45, 5):
+        assert mse[("extrapolation", lead)] < mse[("persistence", lead)], lead
+        assert csi[("extrapolation", lead)] > csi[("persistence", lead)], lead
+
+
+def test_baselines_shapes():
+    inputs = np.random.default_rng(2).random((4, 32, 32)).astype(np.float32) * 40
+    assert persistence(inputs, 6).shape == (6, 32, 32)
+    np.testing.assert_array_equal(persistence(inputs, 2)[1], inputs[-1])
+    assert extrapolation(inputs, 6).shape == (6, 32, 32)
+
+
+def test_evaluate_writes_scores_report_and_plots(advection_cube, tmp_path):
+    from flows.cli import main
+
+    store = tmp_path / "c.zarr"
+    advection_cube.assign_attrs(time_step_minutes=5).to_zarr(store, consolidated=False)
+    torch.manual_seed(0)
+    tiny = MIMNet(MIMNetConfig(input_length=4, output_length=6, num_layers=2, num_hidden=8,
+                               filter_size=3, patch_size=4))  # fmt: skip
+    ckpt = save_checkpoint(tiny, tmp_path / "tiny.safetensors", extra={"step": 0})
+    out = tmp_path / "eval"
+    code = main(["evaluate", str(store), "--checkpoint", str(ckpt), "--out", str(out),
+                 "--every", "5", "--quiet"])  # fmt: skip
+    assert code == 0
+    with (out / "scores.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert set(rows[0]) == {"method", "lead_time", "metric", "threshold", "value", "n"}
+    methods = {r["method"] for r in rows}
+    assert methods == {"mimnet", "persistence", "extrapolation"}
+    for method in methods:
+        leads = {int(r["lead_time"]) for r in rows if r["method"] == method}
+        assert leads == {5, 10, 15, 20, 25, 30}
+    report = (out / "report.md").read_text()
+    for word in ("mimnet", "persistence", "extrapolation", "| 30 |", "skill_csi.png"):
+        assert word in report
+    for name in ("skill_csi.png", "skill_mse.png", "examples.png"):
+        assert (out / name).stat().st_size > 5000

@@ -119,6 +119,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.serve import serve_all
+
+    serve_all(
+        cube=str(Path(args.cube).resolve()), incoming=str(Path(args.incoming).resolve()),
+        out_dir=str(Path(args.out).resolve()), checkpoint=args.checkpoint,
+        interval_minutes=None if args.no_schedule else args.interval_minutes,
+    )  # fmt: skip
+    return 0
+
+
 def _not_implemented(issue: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         print(
@@ -257,8 +269,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_evaluate)
 
+    from flows.paths import DEFAULT_CUBE, DEFAULT_INCOMING, DEFAULT_NOWCASTS
+
+    p = sub.add_parser(
+        "serve",
+        help="serve all Prefect deployments from one process",
+        description="Register the ingest, nowcast, evaluate and train deployments (all named "
+        "'mimcast') with the Prefect API in PREFECT_API_URL and run them: nowcast and ingest "
+        "every 5 minutes, evaluate daily, train on demand. Trigger one with e.g. "
+        "'prefect deployment run nowcast/mimcast'. Stop with Ctrl-C.",
+    )
+    p.add_argument("--cube", default=DEFAULT_CUBE, help="Zarr cube (default data/local/cube.zarr)")
+    p.add_argument("--incoming", default=DEFAULT_INCOMING, help="folder of new radar files")
+    p.add_argument("--out", default=DEFAULT_NOWCASTS, help="folder for nowcast NetCDF and maps")
+    p.add_argument("--checkpoint", help="MIMNet checkpoint (default: the shipped one)")
+    p.add_argument("--interval-minutes", type=float, default=5.0, help="schedule (default 5)")
+    p.add_argument("--no-schedule", action="store_true", help="only run when triggered")
+    p.set_defaults(func=_cmd_serve)
+
     later = {
-        "serve": ("serve all Prefect deployments from one process", "issue #8"),
         "demo": ("run the whole job on a synthetic archive", "issue #9"),
     }
     for name, (text, issue) in later.items():

@@ -15,6 +15,7 @@ not set them, and must agree when both do.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,6 +191,143 @@ class EvaluateOutputs:
     rows: list[dict[str, Any]]
 
 
+@dataclass(frozen=True)
+class EvaluationPlan:
+    """What a hindcast scores: plain, picklable data for tasks on any worker."""
+
+    cube: str
+    checkpoint: str
+    refs: tuple[str, ...]
+    n_inputs: int
+    n_leads: int
+    step: int
+    methods: tuple[str, ...]
+    device: str
+    every: int
+
+
+@functools.lru_cache(maxsize=4)
+def _model(checkpoint: str):
+    from models.checkpoint import load_checkpoint
+
+    return load_checkpoint(checkpoint)
+
+
+@functools.lru_cache(maxsize=4)
+def _cube(path: str):
+    from pipeline.ingest import open_cube
+
+    return open_cube(path)
+
+
+def plan_evaluation(
+    cube_path: str | Path,
+    *,
+    checkpoint: str | Path | None = None,
+    start: str | None = None,
+    end: str | None = None,
+    every: int = 1,
+    methods: tuple[str, ...] = ("mimnet", "persistence", "extrapolation"),
+    device: str = "auto",
+) -> EvaluationPlan:
+    """Choose the reference times of a hindcast (inputs and targets all observed)."""
+    from pipeline.nowcast import step_minutes
+    from pipeline.verify import reference_times
+
+    ckpt = str(Path(checkpoint) if checkpoint else SHIPPED_CHECKPOINT)
+    model, _ = _model(ckpt)
+    cube = _cube(str(cube_path))
+    n_in, n_out = model.config.input_length, model.config.output_length
+    refs = reference_times(cube, n_in, n_out, start=start, end=end, every=every)
+    if not refs:
+        raise ValueError(
+            f"{cube_path}: no reference time in [{start or 'start'}, {end or 'end'}] has "
+            f"{n_in} observed input and {n_out} observed target frames"
+        )
+    stamps = tuple(str(np.datetime64(r, "m")) for r in refs)
+    return EvaluationPlan(str(cube_path), ckpt, stamps, n_in, n_out, step_minutes(cube),
+                          tuple(methods), device, every)  # fmt: skip
+
+
+def _model_forecast(plan: EvaluationPlan):
+    from pipeline.nowcast import NowcastOptions, nowcast
+    from pipeline.sequences import Normalizer
+
+    model, extra = _model(plan.checkpoint)
+    cube = _cube(plan.cube)
+    normalizer = Normalizer(float(extra.get("dbz_min", 0.0)), float(extra.get("dbz_max", 70.0)))
+
+    def forecast(ref) -> np.ndarray:
+        options = NowcastOptions(time=str(np.datetime64(ref, "m")), device=plan.device)
+        return nowcast(cube, model, options, normalizer=normalizer)["reflectivity"].values
+
+    return forecast
+
+
+def score_reference_time(plan: EvaluationPlan, ref: str):
+    """Score every method at one reference time (a unit of work for any worker)."""
+    from pipeline.verify import VerifyOptions, score_reference
+
+    cube = _cube(plan.cube)
+    options = VerifyOptions(methods=plan.methods)
+    return score_reference(cube, np.datetime64(ref, "ns"), plan.n_inputs, plan.n_leads,
+                           plan.step, _model_forecast(plan), options)  # fmt: skip
+
+
+def finish_evaluation(plan: EvaluationPlan, parts: list, out_dir: str | Path) -> EvaluateOutputs:
+    """Merge per-reference scores and write scores.csv, report.md and the figures."""
+    from pipeline.plots import example_maps, skill_curves
+    from pipeline.verify import (
+        BASELINES,
+        Scores,
+        VerifyOptions,
+        markdown_report,
+        write_scores_csv,
+    )
+
+    options = VerifyOptions(methods=plan.methods)
+    total = Scores(options)
+    for part in parts:
+        total.merge(part)
+    rows = total.table()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = out / "scores.csv"
+    write_scores_csv(rows, csv_path)
+    figures = skill_curves(rows, out)
+    cube = _cube(plan.cube)
+    refs = [np.datetime64(r, "ns") for r in plan.refs]
+    # example maps for the reference time with the most echo
+    wettest = max(refs, key=lambda r: float((cube["reflectivity"].sel(time=r).values > 30).sum()))
+    index = int(np.flatnonzero(cube.time.values == wettest)[0])
+    n_in, n_out = plan.n_inputs, plan.n_leads
+    block = cube["reflectivity"].isel(time=slice(index - n_in + 1, index + n_out + 1)).values
+    panels = {"observed": block[n_in:]}
+    if "mimnet" in plan.methods:
+        panels["MIMNet"] = _model_forecast(plan)(wettest)
+    for name in ("extrapolation", "persistence"):
+        if name in plan.methods:
+            panels[name] = BASELINES[name](block[:n_in], n_out, options.motion_frames)
+    leads = sorted({min(5, n_out - 1), n_out - 1})
+    grid = cube.isel(time=0).assign_attrs(step=plan.step)
+    figures.append(example_maps(grid, panels, leads, out / "examples.png",
+                                f"reference time {np.datetime64(wettest, 'm')} UTC"))  # fmt: skip
+    _, extra = _model(plan.checkpoint)
+    notes = [
+        f"cube: {plan.cube}; checkpoint: {Path(plan.checkpoint).name} "
+        f"(step {extra.get('step', '?')})",
+        f"reference times: {len(refs)} from {plan.refs[0]} to {plan.refs[-1]} UTC, every "
+        f"{plan.every} frame(s) of {plan.step} min",
+        "methods: " + ", ".join(plan.methods) + "; persistence repeats the last observed "
+        "frame, extrapolation advects it with pysteps' Lucas-Kanade motion (semi-Lagrangian)",
+        "scores on pixels valid in the observation and the last input; dBZ floored at 0",
+    ]
+    report = out / "report.md"
+    report.write_text(markdown_report(rows, title="mimcast hindcast: skill per lead time",
+                                      notes=notes, images=[p.name for p in figures]))  # fmt: skip
+    return EvaluateOutputs(csv_path, report, figures, len(refs), rows)
+
+
 def run_evaluate(
     cube_path: str | Path,
     out_dir: str | Path,
@@ -203,69 +341,13 @@ def run_evaluate(
     device: str = "auto",
     progress: bool = False,
 ) -> EvaluateOutputs:
-    """Hindcast over a cube: MIMNet and baselines per reference time; scores and report."""
-    from models.checkpoint import load_checkpoint
-    from pipeline.ingest import open_cube
-    from pipeline.nowcast import NowcastOptions, nowcast, step_minutes
-    from pipeline.plots import example_maps, skill_curves
-    from pipeline.sequences import Normalizer
-    from pipeline.verify import (
-        BASELINES,
-        VerifyOptions,
-        hindcast,
-        markdown_report,
-        reference_times,
-        write_scores_csv,
-    )
+    """Hindcast over a cube: MIMNet and baselines per reference time, in parallel with dask."""
+    from pipeline.verify import VerifyOptions, hindcast
 
-    ckpt = Path(checkpoint) if checkpoint else SHIPPED_CHECKPOINT
-    model, extra = load_checkpoint(ckpt)
-    cube = open_cube(cube_path)
-    normalizer = Normalizer(float(extra.get("dbz_min", 0.0)), float(extra.get("dbz_max", 70.0)))
-    n_in, n_out = model.config.input_length, model.config.output_length
-    step = step_minutes(cube)
-    refs = reference_times(cube, n_in, n_out, start=start, end=end, every=every)
-    if not refs:
-        raise ValueError(
-            f"{cube_path}: no reference time in [{start or 'start'}, {end or 'end'}] has "
-            f"{n_in} observed input and {n_out} observed target frames"
-        )
-
-    def model_forecast(ref) -> np.ndarray:
-        options = NowcastOptions(time=str(np.datetime64(ref, "m")), device=device)
-        return nowcast(cube, model, options, normalizer=normalizer)["reflectivity"].values
-
-    options = VerifyOptions(methods=tuple(methods))
-    scores = hindcast(cube, refs, n_in, n_out, step, model_forecast, options,
-                      scheduler=scheduler, progress=progress)  # fmt: skip
-    rows = scores.table()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    csv_path = out / "scores.csv"
-    write_scores_csv(rows, csv_path)
-    figures = skill_curves(rows, out)
-
-    # example maps for the reference time with the most echo
-    wettest = max(refs, key=lambda r: float((cube["reflectivity"].sel(time=r).values > 30).sum()))
-    index = int(np.flatnonzero(cube.time.values == wettest)[0])
-    block = cube["reflectivity"].isel(time=slice(index - n_in + 1, index + n_out + 1)).values
-    panels = {"observed": block[n_in:], "MIMNet": model_forecast(wettest)}
-    for name in ("extrapolation", "persistence"):
-        if name in methods:
-            panels[name] = BASELINES[name](block[:n_in], n_out, options.motion_frames)
-    leads = sorted({min(5, n_out - 1), n_out - 1} if n_out > 1 else {0})
-    grid = cube.isel(time=0).assign_attrs(step=step)
-    figures.append(example_maps(grid, panels, leads, out / "examples.png",
-                                f"reference time {np.datetime64(wettest, 'm')} UTC"))  # fmt: skip
-    notes = [
-        f"cube: {cube_path}; checkpoint: {ckpt.name} (step {extra.get('step', '?')})",
-        f"reference times: {len(refs)} from {np.datetime64(refs[0], 'm')} to "
-        f"{np.datetime64(refs[-1], 'm')} UTC, every {every} frame(s) of {step} min",
-        "methods: " + ", ".join(methods) + "; persistence repeats the last observed frame, "
-        "extrapolation advects it with pysteps' Lucas-Kanade motion (semi-Lagrangian)",
-        "scores on pixels valid in the observation and the last input; dBZ floored at 0",
-    ]
-    report = out / "report.md"
-    report.write_text(markdown_report(rows, title="mimcast hindcast: skill per lead time",
-                                      notes=notes, images=[p.name for p in figures]))  # fmt: skip
-    return EvaluateOutputs(csv_path, report, figures, len(refs), rows)
+    plan = plan_evaluation(cube_path, checkpoint=checkpoint, start=start, end=end, every=every,
+                           methods=methods, device=device)  # fmt: skip
+    scores = hindcast(_cube(plan.cube), [np.datetime64(r, "ns") for r in plan.refs],
+                      plan.n_inputs, plan.n_leads, plan.step, _model_forecast(plan),
+                      VerifyOptions(methods=plan.methods), scheduler=scheduler,
+                      progress=progress)  # fmt: skip
+    return finish_evaluation(plan, [scores], out_dir)

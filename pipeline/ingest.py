@@ -332,8 +332,12 @@ def ingest(
     options: IngestOptions | None = None,
     *,
     progress: bool = False,
+    scans: Sequence[dict[str, Any]] | None = None,
 ) -> IngestReport:
     """Ingest radar files into the Zarr cube ``out`` and return the run's report.
+
+    ``scans``: results of :func:`scan_file` for the discovered files when the caller ran them
+    itself (e.g. as Prefect tasks on a Dask cluster); otherwise they run here with dask.
 
     Raises
     ------
@@ -360,7 +364,8 @@ def ingest(
     )
     known: dict[str, dict[str, str]] = dict(previous.get("frames", {}))
 
-    scans = _scan_all(files, options, progress)
+    if scans is None:
+        scans = _scan_all(files, options, progress)
     good = [s for s in scans if s["ok"]]
     report.skipped.extend({"file": s["file"], "reason": s["reason"]} for s in scans if not s["ok"])
 

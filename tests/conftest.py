@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# Prefect: never phone home, and keep its database and settings out of the user's home
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="mimcast-prefect-home-"))
+os.environ.pop("PREFECT_API_URL", None)
+os.environ.setdefault("MIMCAST_DASK_WORKERS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 

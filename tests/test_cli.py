@@ -64,7 +64,7 @@ def test_bad_config_key_is_named(tmp_path):
     assert "unknown key(s) 'windspeed'" in result.stderr and str(cfg) in result.stderr
 
 
-@pytest.mark.parametrize("command", ["serve", "demo"])
+@pytest.mark.parametrize("command", ["demo"])
 def test_unfinished_commands_say_so_and_fail(command):
     result = run_cli(command)
     assert result.returncode == EXIT_NOT_IMPLEMENTED

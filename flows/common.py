@@ -1,0 +1,37 @@
+"""Prefect plumbing shared by the flows: defaults, the Dask task runner, artifacts.
+
+Defaults put everything under ``data/local/`` of the checkout (git-ignored); every path is a
+flow parameter. ``MIMCAST_DASK_ADDRESS`` (e.g. ``tcp://scheduler:8786``) sends the fan-out
+tasks of ``ingest`` and ``evaluate`` to an existing Dask cluster; without it they run on a
+``LocalCluster`` that the flow starts and stops.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prefect_dask import DaskTaskRunner
+
+from flows.paths import (  # noqa: F401 - re-exported for the flows
+    DEFAULT_CUBE,
+    DEFAULT_EVALUATION,
+    DEFAULT_INCOMING,
+    DEFAULT_NOWCASTS,
+    DEFAULT_RUNS,
+)
+
+
+def dask_task_runner() -> DaskTaskRunner:
+    """A DaskTaskRunner: the configured scheduler address, else a small LocalCluster."""
+    address = os.environ.get("MIMCAST_DASK_ADDRESS")
+    if address:
+        return DaskTaskRunner(address=address)
+    workers = int(os.environ.get("MIMCAST_DASK_WORKERS", "2"))
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": workers,
+            "threads_per_worker": 1,
+            "processes": False,
+            "dashboard_address": None,
+        }
+    )

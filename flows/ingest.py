@@ -1,0 +1,57 @@
+"""Prefect flow ``ingest``: new radar files into the cube, scans fanned out over Dask."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from flows.common import DEFAULT_CUBE, DEFAULT_INCOMING, dask_task_runner
+from pipeline.ingest import IngestOptions, discover, ingest, report_path, scan_file
+from pipeline.readers import ZR
+
+scan_task = task(scan_file, name="scan-file", retries=2, retry_delay_seconds=5,
+                 timeout_seconds=600)  # fmt: skip
+
+
+@task(name="write-cube", retries=3, retry_delay_seconds=10, timeout_seconds=3600,
+      retry_condition_fn=lambda task, run, state: isinstance(state.result(raise_on_failure=False),
+                                                             OSError))  # fmt: skip
+def write_task(paths: list[str], cube: str, options: IngestOptions, scans: list[dict]):
+    """Order, deduplicate and write the scanned frames (retried on I/O errors)."""
+    return ingest(paths, cube, options, scans=scans)
+
+
+@flow(name="ingest", task_runner=dask_task_runner(), log_prints=False)
+def ingest_flow(
+    paths: list[str] | None = None,
+    cube: str = DEFAULT_CUBE,
+    format: str = "auto",
+    zr_a: float = 200.0,
+    zr_b: float = 1.6,
+    step_minutes: int | None = None,
+) -> dict:
+    """Ingest new files (default: ``data/local/incoming``) into the Zarr cube."""
+    logger = get_run_logger()
+    paths = paths or [DEFAULT_INCOMING]
+    options = IngestOptions(format=format, zr=ZR(zr_a, zr_b), step_minutes=step_minutes)
+    files, problems = discover(paths)
+    for problem in problems:
+        logger.warning("%s: %s", problem["file"], problem["reason"])
+    if not files:
+        logger.warning("no files to ingest in %s", ", ".join(paths))
+        return {"status": "nothing to ingest", "files": 0}
+    futures = scan_task.map(files, options=options)
+    scans = [f.result() for f in futures]
+    report = write_task(paths, cube, options, scans)
+    logger.info(
+        "%s: %d new frames, %d gaps filled, %d unchanged, %d skipped",
+        report.status, report.new_frames, report.filled_gaps, report.unchanged,
+        len(report.skipped),
+    )  # fmt: skip
+    lines = [f"**{report.status}**: {report.new_frames} new frames, {report.unchanged} unchanged,"
+             f" {len(report.skipped)} skipped, {len(report.gaps)} gaps", ""]  # fmt: skip
+    lines += [f"- skipped `{s['file']}`: {s['reason']}" for s in report.skipped]
+    lines += ["", f"cube: `{cube}`, report: `{report_path(cube)}`"]
+    create_markdown_artifact("\n".join(lines), key="ingest-report", description="ingest run")
+    return {"status": report.status, "new_frames": report.new_frames,
+            "skipped": len(report.skipped), "report": str(report_path(cube))}  # fmt: skip

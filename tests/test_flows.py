@@ -1,0 +1,209 @@
+"""Prefect flows: logic under prefect_test_harness, and end to end on a real Prefect server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.checkpoint import save_checkpoint
+from models.mimnet import MIMNet, MIMNetConfig
+from pipeline.synthetic import SyntheticConfig, synthetic_cube, write_archive
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = MIMNetConfig(input_length=4, output_length=3, num_layers=2, num_hidden=8, filter_size=3,
+                    patch_size=4)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("flows")
+    cube = synthetic_cube(SyntheticConfig(height=48, width=64, frames=14, seed=9))
+    cube = cube.assign(observed=("time", np.ones(14, bool))).assign_attrs(time_step_minutes=5)
+    cube.to_zarr(root / "cube.zarr", consolidated=False)
+    holey = cube.copy(deep=True)
+    observed = np.ones(14, bool)
+    observed[-2] = False
+    holey["observed"] = ("time", observed)
+    holey.to_zarr(root / "holey.zarr", consolidated=False)
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(MIMNet(TINY), root / "tiny.safetensors", extra={"step": 1})
+    return root, ckpt
+
+
+def test_deployments_schedules_and_concurrency():
+    from prefect.client.schemas.objects import ConcurrencyLimitStrategy
+
+    from flows.serve import deployments
+
+    deps = {d.flow_name: d for d in deployments(interval_minutes=5)}
+    assert set(deps) == {"ingest", "nowcast", "evaluate", "train"}
+    assert all(d.name == "mimcast" for d in deps.values())
+    nowcast = deps["nowcast"]
+    assert nowcast.schedules[0].schedule.interval.total_seconds() == 300
+    limit = nowcast.concurrency_options
+    assert nowcast.concurrency_limit == 1
+    assert limit.collision_strategy == ConcurrencyLimitStrategy.CANCEL_NEW
+    assert not deps["train"].schedules
+    unscheduled = {d.flow_name: d for d in deployments(interval_minutes=None)}
+    assert not unscheduled["nowcast"].schedules
+
+
+def test_nowcast_flow_writes_netcdf_and_artifacts(harness, assets):
+    from prefect.client.orchestration import get_client
+
+    from flows.nowcast import nowcast_flow
+
+    root, ckpt = assets
+    result = nowcast_flow(cube=str(root / "cube.zarr"), out_dir=str(root / "out"),
+                          checkpoint=str(ckpt), plot=False)  # fmt: skip
+    assert Path(result["netcdf"]).name == "nowcast_cube_202407011305.nc"
+    assert Path(result["netcdf"]).exists()
+
+    async def artifacts():
+        async with get_client() as client:
+            return await client.read_artifacts()
+
+    import asyncio
+
+    keys = {a.key for a in asyncio.run(artifacts())}
+    assert {"nowcast-netcdf", "nowcast-files"} <= keys
+
+
+def test_nowcast_flow_with_missing_inputs_ends_skipped_and_says_which(harness, assets):
+    from flows.nowcast import nowcast_flow
+
+    root, ckpt = assets
+    state = nowcast_flow(
+        cube=str(root / "holey.zarr"), out_dir=str(root / "out2"), checkpoint=str(ckpt),
+        time="2024-07-01T13:05", return_state=True,
+    )  # fmt: skip
+    assert state.is_completed() and state.name == "Skipped"
+    assert "2024-07-01T13:00" in state.message and "missing" in state.message
+    assert not (root / "out2").exists() or not list((root / "out2").glob("*.nc"))
+
+
+def test_ingest_flow_fans_out_scans_on_dask(harness, tmp_path):
+    from flows.ingest import ingest_flow
+
+    archive = tmp_path / "incoming"
+    write_archive(SyntheticConfig(height=32, width=40, frames=5, seed=2), archive)
+    (archive / "broken.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)
+    result = ingest_flow(paths=[str(archive)], cube=str(tmp_path / "c.zarr"))
+    assert result["status"] == "partial" and result["new_frames"] == 5
+    assert result["skipped"] == 1
+    again = ingest_flow(paths=[str(archive)], cube=str(tmp_path / "c.zarr"))
+    assert again["new_frames"] == 0
+
+
+def test_evaluate_flow_scores_every_reference_time(harness, assets):
+    from flows.evaluate import evaluate_flow
+
+    root, ckpt = assets
+    result = evaluate_flow(cube=str(root / "cube.zarr"), out_dir=str(root / "eval"),
+                           checkpoint=str(ckpt), every=2)  # fmt: skip
+    assert result["forecasts"] == 4  # references 3..10 of 14 frames, every 2nd
+    text = Path(result["scores"]).read_text()
+    assert "mimnet" in text and "extrapolation" in text and "persistence" in text
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str):
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_end_to_end_real_server_serve_and_deployment_run(assets, tmp_path):
+    root, ckpt = assets
+    prefect = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_API_URL": api,
+           "PREFECT_UI_ENABLED": "false"}  # fmt: skip
+    server_env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    server = subprocess.Popen(
+        [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=server_env, stdout=(logs / "server.log").open("w"), stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    serve = None
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if _get(f"{api}/health") is True:
+                    break
+            except OSError:
+                pass
+            assert server.poll() is None, (logs / "server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "server did not come up"
+            time.sleep(1)
+        out = tmp_path / "nowcasts"
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "serve", "--cube", str(root / "cube.zarr"),
+             "--out", str(out), "--checkpoint", str(ckpt), "--no-schedule"],
+            env=env, cwd=REPO, stdout=(logs / "serve.log").open("w"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 180
+        while subprocess.run([prefect, "deployment", "inspect", "nowcast/mimcast"], env=env,
+                             capture_output=True).returncode != 0:  # fmt: skip
+            assert serve.poll() is None, (logs / "serve.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "deployment never registered"
+            time.sleep(1)
+        run = subprocess.run([prefect, "deployment", "run", "nowcast/mimcast"], env=env,
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert run.returncode == 0, run.stdout + run.stderr
+        run_id = next(line.split()[-1] for line in run.stdout.splitlines() if "UUID" in line)
+        deadline = time.monotonic() + 300
+        while True:
+            state = _get(f"{api}/flow_runs/{run_id}")["state"]
+            if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                break
+            assert time.monotonic() < deadline, f"flow run stuck in {state['type']}"
+            time.sleep(1)
+        assert state["type"] == "COMPLETED", (logs / "serve.log").read_text()[-3000:]
+        assert [p.name for p in out.glob("*.nc")] == ["nowcast_cube_202407011305.nc"]
+    finally:
+        if serve is not None:
+            _stop(serve)  # serve first, then the server, by PID
+        _stop(server)
+    assert server.poll() is not None and (serve is None or serve.poll() is not None)

@@ -13,11 +13,10 @@ import argparse
 import dataclasses
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 EXIT_USAGE = 2
-EXIT_NOT_IMPLEMENTED = 3
 EXIT_PARTIAL = 4  # the command finished, but skipped some input (see its report)
 
 
@@ -131,15 +130,27 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _not_implemented(issue: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        print(
-            f"mimcast {args.command}: not implemented yet ({issue}); nothing was done",
-            file=sys.stderr,
-        )
-        return EXIT_NOT_IMPLEMENTED
+def _cmd_demo(args: argparse.Namespace) -> int:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.demo import demo_flow
 
-    return run
+    out = demo_flow(out=args.out, frames=args.frames, size=args.size, seed=args.seed,
+                    train=args.train, max_steps=args.max_steps, every=args.every)  # fmt: skip
+    root = Path(args.out).resolve()
+    print("\nmimcast demo finished. Outputs:")
+    print(f"  synthetic archive (ODIM_H5): {out['archive']}")
+    print(f"  radar cube (Zarr):           {out['cube']}")
+    print(f"  checkpoint used:             {out['checkpoint']}")
+    print(f"  nowcast (CF-1.8 NetCDF):     {out['netcdf']}")
+    for png in out["pngs"]:
+        print(f"  map:                         {png}")
+    for gif in sorted((root / "nowcasts").glob("*.gif")):
+        print(f"  animation:                   {gif}")
+    print(f"  skill report:                {out['report']}")
+    print(f"  scores:                      {out['scores']}")
+    for png in sorted((root / "evaluation").glob("*.png")):
+        print(f"  figure:                      {png}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -287,13 +298,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-schedule", action="store_true", help="only run when triggered")
     p.set_defaults(func=_cmd_serve)
 
-    later = {
-        "demo": ("run the whole job on a synthetic archive", "issue #9"),
-    }
-    for name, (text, issue) in later.items():
-        p = sub.add_parser(name, help=f"{text} (not implemented yet)", description=text)
-        p.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-        p.set_defaults(func=_not_implemented(issue))
+    p = sub.add_parser(
+        "demo",
+        help="run the whole job on a synthetic archive",
+        description="Synthesise a storm archive, ingest it, nowcast with the shipped "
+        "checkpoint (--train trains a small model first), evaluate against persistence and "
+        "extrapolation, and write NetCDF, maps, an animation and the skill report. Runs "
+        "through the Prefect flows in ephemeral mode (no server needed).",
+    )
+    p.add_argument("--out", default="data/local/demo", help="output folder")
+    p.add_argument("--frames", type=int, default=96, help="time steps to synthesise (5 min)")
+    p.add_argument("--size", type=int, default=192, help="grid side in pixels (1 km)")
+    p.add_argument("--seed", type=int, default=7, help="weather seed")
+    p.add_argument("--train", action="store_true", help="train a small model first")
+    p.add_argument("--max-steps", type=int, default=120, help="training steps with --train")
+    p.add_argument("--every", type=int, default=6, help="evaluate every N-th reference time")
+    p.set_defaults(func=_cmd_demo)
     return parser
 
 
@@ -312,6 +332,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = str(err).replace("\n", " ")
         print(f"mimcast {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        # Prefect's temporary server may end the process abruptly at exit: flush what we said
+        sys.stdout.flush()
+        sys.stderr.flush()
 
 
 if __name__ == "__main__":

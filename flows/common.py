@@ -8,6 +8,7 @@ tasks of ``ingest`` and ``evaluate`` to an existing Dask cluster; without it the
 
 from __future__ import annotations
 
+import logging
 import os
 
 from prefect_dask import DaskTaskRunner
@@ -19,6 +20,10 @@ from flows.paths import (  # noqa: F401 - re-exported for the flows
     DEFAULT_NOWCASTS,
     DEFAULT_RUNS,
 )
+
+# the cluster's own chatter (workers starting and retiring) is not news to an operator
+for _name in ("distributed", "distributed.scheduler", "distributed.worker", "distributed.core"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 def dask_task_runner() -> DaskTaskRunner:

@@ -8,8 +8,7 @@ from prefect.artifacts import create_markdown_artifact
 from flows.common import DEFAULT_CUBE, DEFAULT_EVALUATION, dask_task_runner
 from flows.jobs import finish_evaluation, plan_evaluation, score_reference_time
 
-score_task = task(score_reference_time, name="score-reference-time", retries=1,
-                  timeout_seconds=1800)  # fmt: skip
+score_task = task(score_reference_time, name="score-reference-time", retries=1)
 
 
 @flow(name="evaluate", task_runner=dask_task_runner(), log_prints=False)

@@ -9,8 +9,7 @@ from flows.common import DEFAULT_CUBE, DEFAULT_INCOMING, dask_task_runner
 from pipeline.ingest import IngestOptions, discover, ingest, report_path, scan_file
 from pipeline.readers import ZR
 
-scan_task = task(scan_file, name="scan-file", retries=2, retry_delay_seconds=5,
-                 timeout_seconds=600)  # fmt: skip
+scan_task = task(scan_file, name="scan-file", retries=2, retry_delay_seconds=5)
 
 
 @task(name="write-cube", retries=3, retry_delay_seconds=10, timeout_seconds=3600,

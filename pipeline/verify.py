@@ -25,6 +25,7 @@ import contextlib
 import copy
 import functools
 import io
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -61,11 +62,16 @@ class VerifyOptions:
 # accumulating scores
 
 
+#: redirect_stdout swaps the process-wide sys.stdout: threads must take turns around it
+_STDOUT_LOCK = threading.Lock()
+
+
 @functools.cache
 def _pysteps():
     """Import pysteps once, without its banner on stdout."""
-    with contextlib.redirect_stdout(io.StringIO()):
+    with _STDOUT_LOCK, contextlib.redirect_stdout(io.StringIO()):
         import pysteps
+        import pysteps.extrapolation.semilagrangian
         import pysteps.motion
         import pysteps.nowcasts
         import pysteps.verification.detcatscores
@@ -205,7 +211,8 @@ def sprog(inputs: np.ndarray, n_leads: int, motion_frames: int = 3) -> np.ndarra
     motion, nowcasts = _pysteps().motion, _pysteps().nowcasts
     field = np.nan_to_num(np.maximum(inputs[-motion_frames:], FLOOR_DBZ), nan=FLOOR_DBZ)
     velocity = motion.get_method("LK")(field, verbose=False)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    # S-PROG prints its configuration: silence it, one thread at a time
+    with _STDOUT_LOCK, warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         out = nowcasts.get_method("sprog")(
             field, velocity, n_leads, precip_thr=10.0, n_cascade_levels=6,

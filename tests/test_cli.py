@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from flows.cli import EXIT_NOT_IMPLEMENTED, EXIT_USAGE, build_parser, main
+from flows.cli import EXIT_USAGE, build_parser, main
 
 COMMANDS = sorted(build_parser()._subparsers._group_actions[0].choices)
 
@@ -62,13 +62,6 @@ def test_bad_config_key_is_named(tmp_path):
     result = run_cli("synth", str(tmp_path / "out"), "--config", str(cfg))
     assert result.returncode == EXIT_USAGE
     assert "unknown key(s) 'windspeed'" in result.stderr and str(cfg) in result.stderr
-
-
-@pytest.mark.parametrize("command", ["demo"])
-def test_unfinished_commands_say_so_and_fail(command):
-    result = run_cli(command)
-    assert result.returncode == EXIT_NOT_IMPLEMENTED
-    assert "not implemented yet" in result.stderr
 
 
 def test_synth_writes_the_requested_archive(tmp_path):

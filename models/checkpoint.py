@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 from models.mimnet import MIMNet, MIMNetConfig
 
 FORMAT = "mimcast-checkpoint"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: per-pixel channel norm replaced GroupNorm
 
 
 class CheckpointError(ValueError):

@@ -41,9 +41,11 @@ Where the authors' code departs from the paper, and what we chose
 
 Better than the originals where they hurt users
 -----------------------------------------------
-- No parameter's shape depends on ``H`` or ``W``: per-channel peepholes and channel-wise
-  ``GroupNorm`` (one group per gate) instead of ``LayerNorm([C, H, W])``; a model trained on
-  64 x 64 patches runs on a 700 x 700 composite.
+- No parameter's shape depends on ``H`` or ``W``: per-channel peepholes and a per-pixel
+  channel-wise layer norm (one group per gate) instead of ``LayerNorm([C, H, W])``; a model
+  trained on 64 x 64 patches runs on a 700 x 700 composite. Unlike ``GroupNorm``, whose
+  statistics span the whole image, it never mixes pixels, so the result at a pixel does not
+  depend on the grid's size (and tiles blend seamlessly).
 - No state on ``self`` between calls: cells take and return their state, the network starts
   each call from zeros. Results never depend on the previous batch, and any batch size works.
 - Space-to-depth patching by ``patch_size`` inside the model: any ``H x W`` works (padded to a
@@ -78,7 +80,7 @@ class MIMNetConfig:
     num_hidden: int = 64  # hidden channels of every layer
     filter_size: int = 5  # kernel size of every gate convolution (odd)
     patch_size: int = 4  # space-to-depth factor: the cells run on (H/p, W/p) grids
-    layer_norm: bool = True  # GroupNorm (one group per gate) after every fused gate conv
+    layer_norm: bool = True  # per-pixel channel norm (one group per gate) after each gate conv
     forget_bias: float = 1.0  # added to forget-gate pre-activations (PredRNN's choice)
     diff_input: str = "hidden"  # MIM-N input: "hidden" H^{l-1} difference, or "cascade" D^{l-1}
     first_step_diff: str = "zero"  # at t=0: "zero" difference, or "state" (H_0 - initial zeros)
@@ -110,18 +112,41 @@ class MIMNetConfig:
 # cells
 
 
+class ChannelNorm(nn.Module):
+    """Layer normalisation over channels at every pixel, one group of channels per gate.
+
+    Statistics never mix pixels, so the output at a pixel does not depend on the size or the
+    content of the rest of the grid: a model trained on patches behaves the same on a whole
+    composite, and tiled inference matches untiled inference. Parameters are per channel.
+    """
+
+    def __init__(self, groups: int, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.groups, self.eps = groups, eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        g = x.reshape(b, self.groups, c // self.groups, h, w).permute(0, 1, 3, 4, 2)
+        # (B, G, H, W, C/G): the fused layer_norm kernel normalises the last dim
+        g = F.layer_norm(g, (c // self.groups,), eps=self.eps)
+        x = g.permute(0, 1, 4, 2, 3).reshape(b, c, h, w)  # (B, C, H, W)
+        return x * self.weight[:, None, None] + self.bias[:, None, None]
+
+
 class GateConv(nn.Module):
     """One convolution producing ``gates`` gate pre-activations of ``hidden`` channels each.
 
-    With ``layer_norm`` a ``GroupNorm`` with one group per gate follows: statistics over each
-    gate's channels and the image, parameters per channel (no dependence on H or W).
+    With ``layer_norm`` a :class:`ChannelNorm` with one group per gate follows (per-pixel
+    statistics over each gate's channels, parameters per channel: no dependence on H or W).
     """
 
     def __init__(self, in_ch: int, gates: int, hidden: int, k: int, layer_norm: bool) -> None:
         super().__init__()
         self.gates, self.hidden = gates, hidden
         self.conv = nn.Conv2d(in_ch, gates * hidden, k, padding=k // 2, bias=not layer_norm)
-        self.norm = nn.GroupNorm(gates, gates * hidden) if layer_norm else nn.Identity()
+        self.norm = ChannelNorm(gates, gates * hidden) if layer_norm else nn.Identity()
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         # (B, in_ch, h, w) -> gates x (B, hidden, h, w)
@@ -153,6 +178,25 @@ class STLSTMCell(nn.Module):
         return o * torch.tanh(self.conv_last(mem)), c, m
 
 
+def peephole_lstm(
+    x_gates: tuple[Tensor, ...],
+    h_gates: tuple[Tensor, ...],
+    memory: Tensor,
+    w_o: Tensor,
+    forget_bias: float,
+) -> tuple[Tensor, Tensor]:
+    """One LSTM update from two gate sources with a per-channel output peephole.
+
+    ``x_gates``/``h_gates`` are ``(i, f, g, o)`` pre-activations; returns ``(output, memory)``.
+    MIM-N and MIM-S are both this update, on different inputs.
+    """
+    i_x, f_x, g_x, o_x = x_gates
+    i_h, f_h, g_h, o_h = h_gates
+    forget = torch.sigmoid(f_x + f_h + forget_bias)
+    memory = forget * memory + torch.sigmoid(i_x + i_h) * torch.tanh(g_x + g_h)
+    return torch.sigmoid(o_x + o_h + w_o * memory) * torch.tanh(memory), memory
+
+
 class MIMN(nn.Module):
     """Non-stationary module: an LSTM over the hidden-state difference, with memory ``N``."""
 
@@ -165,13 +209,7 @@ class MIMN(nn.Module):
 
     def forward(self, diff: Tensor, n: Tensor) -> tuple[Tensor, Tensor]:
         """Return ``(D_t, N_t)`` from ``H_t^{l-1} - H_{t-1}^{l-1}`` (or D^{l-1}) and ``N_{t-1}``."""
-        i_x, f_x, g_x, o_x = self.conv_x(diff)
-        i_n, f_n, g_n, o_n = self.conv_n(n)
-        n = torch.sigmoid(f_x + f_n + self.forget_bias) * n + torch.sigmoid(i_x + i_n) * torch.tanh(
-            g_x + g_n
-        )
-        d = torch.sigmoid(o_x + o_n + self.w_no * n) * torch.tanh(n)
-        return d, n
+        return peephole_lstm(self.conv_x(diff), self.conv_n(n), n, self.w_no, self.forget_bias)
 
 
 class MIMS(nn.Module):
@@ -186,13 +224,7 @@ class MIMS(nn.Module):
 
     def forward(self, d: Tensor, c: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
         """Return ``(T_t, S_t)``: ``T_t`` replaces ``f * C_{t-1}`` in the MIM block."""
-        i_d, f_d, g_d, o_d = self.conv_d(d)
-        i_c, f_c, g_c, o_c = self.conv_c(c)
-        s = torch.sigmoid(f_d + f_c + self.forget_bias) * s + torch.sigmoid(i_d + i_c) * torch.tanh(
-            g_d + g_c
-        )
-        t = torch.sigmoid(o_d + o_c + self.w_so * s) * torch.tanh(s)
-        return t, s
+        return peephole_lstm(self.conv_d(d), self.conv_c(c), s, self.w_so, self.forget_bias)
 
 
 class MIMBlock(nn.Module):

@@ -14,7 +14,6 @@ not set them, and must agree when both do.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import tomllib
 from dataclasses import dataclass
@@ -119,11 +118,6 @@ def run_training(
         config.model, config.train, train_set, val_set, out,
         dbz_range=(config.data.dbz_min, config.data.dbz_max), extra=extra, progress=progress,
     )  # fmt: skip
-
-
-def replace_train(config: RunConfig, **changes: Any) -> RunConfig:
-    """Return ``config`` with ``[train]`` fields changed."""
-    return dataclasses.replace(config, train=dataclasses.replace(config.train, **changes))
 
 
 #: The checkpoint shipped with mimcast (trained on synthetic storms; see data/MODEL_CARD.md).

@@ -15,7 +15,7 @@ Contract
 - **Hindcast** (:func:`hindcast`): every ``every``-th reference time in ``[start, end]`` whose
   inputs and targets are all observed; reference times run in parallel with dask (local
   threads, or a distributed scheduler address).
-- :func:`score_table` gives long-form rows ``method, lead_time, metric, threshold, value, n``
+- :meth:`Scores.table` gives long-form rows ``method, lead_time, metric, threshold, value, n``
   (``n``: forecasts aggregated) for ``scores.csv`` and the Markdown report.
 """
 
@@ -180,11 +180,6 @@ class Scores:
         return rows
 
 
-def score_table(scores: Scores) -> list[dict[str, Any]]:
-    """Long-form rows of ``scores`` (see :meth:`Scores.table`)."""
-    return scores.table()
-
-
 # --------------------------------------------------------------------------------------------
 # baselines
 
@@ -315,25 +310,14 @@ def hindcast(
         with Client(scheduler) as client:
             results = client.gather(client.compute(tasks))
     else:
-        ctx = None
-        if progress:
-            from dask.diagnostics import ProgressBar
+        from dask.diagnostics import ProgressBar
 
-            ctx = ProgressBar(minimum=1.0)
-        with ctx if ctx is not None else _null():
+        with ProgressBar(minimum=1.0) if progress else contextlib.nullcontext():
             results = dask.compute(*tasks, scheduler=scheduler or "threads")
     total = Scores(options)
     for part in results:
         total.merge(part)
     return total
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 # --------------------------------------------------------------------------------------------

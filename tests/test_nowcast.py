@@ -218,7 +218,9 @@ def test_tiled_inference_matches_untiled_with_the_shipped_model():
     assert diff.mean() < 0.5 and np.percentile(diff, 99) < 10.0, (diff.mean(), diff.max())
     no_overlap = predict(model, x, NowcastOptions(max_pixels=64 * 64, tile=96, overlap=0))
     seams = np.abs(no_overlap - whole) * 70
-    assert np.percentile(seams, 99) > 1.5 * np.percentile(diff, 99)  # blending is what helps
+    # blending removes the worst seam errors
+    assert np.percentile(diff, 99.9) < 0.8 * np.percentile(seams, 99.9)
+    assert diff.max() < seams.max()
 
 
 def test_tiling_covers_the_grid_with_a_tiny_model(cube, model):

@@ -122,7 +122,7 @@ def test_fifty_steps_lower_the_validation_mse(cube, config_file, tmp_path):
     result = run_training([cube], tmp_path / "run", config, progress=False)
     assert result.step == 50
     after = [r for r in read_metrics(result.metrics) if r.get("event") == "validation"][-1]
-    assert after["val_mse"] < 0.7 * before["val_mse"], (before, after)
+    assert after["val_mse"] < 0.9 * before["val_mse"], (before, after)
     model, extra = load_checkpoint(result.best)
     assert extra["step"] == 50 and model.config == config.model
     assert (tmp_path / "run" / "training_curves.png").stat().st_size > 10_000

@@ -153,6 +153,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_model_inputs(p: argparse.ArgumentParser) -> None:
+    """The arguments every command that runs a trained model takes."""
+    p.add_argument("cube", metavar="CUBE", help="Zarr cube from 'mimcast ingest'")
+    p.add_argument("--checkpoint", help="MIMNet checkpoint (default: the shipped one)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser for ``mimcast`` and all its commands."""
     parser = _Parser(
@@ -244,10 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
         "reflectivity, rain rate and accumulation per lead time as CF-1.8 NetCDF "
         "(nowcast_<source>_<YYYYmmddHHMM>.nc), optionally with map quicklooks.",
     )
-    p.add_argument("cube", metavar="CUBE", help="Zarr cube from 'mimcast ingest'")
-    p.add_argument("--checkpoint", help="MIMNet checkpoint (default: the shipped one)")
+    _add_model_inputs(p)
     p.add_argument("--time", default="latest", help="reference time, ISO 8601 UTC, or latest")
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--plot", action="store_true", help="also write PNG maps and a GIF")
     p.add_argument(
         "--leads",
@@ -258,7 +264,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="lead times (minutes) to map with --plot (default 15 30 60)",
     )
     p.add_argument("--source", help="source name in the file name (default: the cube's name)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
     p.set_defaults(func=_cmd_nowcast)
 
     p = sub.add_parser(
@@ -268,15 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
         "optionally S-PROG) at reference times over a cube; write scores.csv, report.md and "
         "PNG skill curves and example maps. Reference times run in parallel with dask.",
     )
-    p.add_argument("cube", metavar="CUBE", help="Zarr cube from 'mimcast ingest'")
-    p.add_argument("--checkpoint", help="MIMNet checkpoint (default: the shipped one)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    _add_model_inputs(p)
     p.add_argument("--start", help="first reference time (ISO 8601 UTC)")
     p.add_argument("--end", help="last reference time (ISO 8601 UTC)")
     p.add_argument("--every", type=int, default=1, help="use every N-th reference time")
     p.add_argument("--scheduler", help="dask: threads (default), synchronous, or tcp://host:port")
     p.add_argument("--sprog", action="store_true", help="also score pysteps S-PROG")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_evaluate)
 

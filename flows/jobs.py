@@ -124,6 +124,13 @@ def run_training(
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[1] / "data" / "mimnet_synthetic.safetensors"
 
 
+def checkpoint_normalizer(extra: dict[str, Any]):
+    """The dBZ normalisation a checkpoint was trained with (recorded in its metadata)."""
+    from pipeline.sequences import Normalizer
+
+    return Normalizer(float(extra.get("dbz_min", 0.0)), float(extra.get("dbz_max", 70.0)))
+
+
 @dataclass
 class NowcastOutputs:
     """Files written by one nowcast."""
@@ -150,12 +157,11 @@ def run_nowcast(
     from pipeline.ingest import open_cube
     from pipeline.netcdf import write_nowcast
     from pipeline.nowcast import NowcastOptions, nowcast
-    from pipeline.sequences import Normalizer
 
     ckpt = Path(checkpoint) if checkpoint else SHIPPED_CHECKPOINT
     model, extra = load_checkpoint(ckpt)
     cube = open_cube(cube_path)
-    normalizer = Normalizer(float(extra.get("dbz_min", 0.0)), float(extra.get("dbz_max", 70.0)))
+    normalizer = checkpoint_normalizer(extra)
     name = source or Path(cube_path).name.removesuffix(".zarr")
     forecast = nowcast(cube, model, NowcastOptions(time=time, device=device),
                        normalizer=normalizer, source=name)  # fmt: skip
@@ -245,11 +251,10 @@ def plan_evaluation(
 
 def _model_forecast(plan: EvaluationPlan):
     from pipeline.nowcast import NowcastOptions, nowcast
-    from pipeline.sequences import Normalizer
 
     model, extra = _model(plan.checkpoint)
     cube = _cube(plan.cube)
-    normalizer = Normalizer(float(extra.get("dbz_min", 0.0)), float(extra.get("dbz_max", 70.0)))
+    normalizer = checkpoint_normalizer(extra)
 
     def forecast(ref) -> np.ndarray:
         options = NowcastOptions(time=str(np.datetime64(ref, "m")), device=plan.device)

@@ -39,7 +39,7 @@ def _floor(folder: Path) -> dict:
 
 
 def _ingest(folder: Path) -> dict:
-    from pipeline.ingest import ingest
+    from mimcast.pipeline.ingest import ingest
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()

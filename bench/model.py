@@ -54,7 +54,7 @@ def _timed(fn, device, repeats: int) -> float:
 def run_case(name: str, device_name: str, precision: str, batch: int, repeats: int, compile_):
     import torch
 
-    from models.mimnet import MIMNet, MIMNetConfig, autocast, compile_step, count_parameters
+    from mimcast.models.mimnet import MIMNet, MIMNetConfig, autocast, compile_step, count_parameters
 
     layers, hidden, patch, h, w, t_in, t_out = CASES[name]
     device = torch.device(device_name)

@@ -29,13 +29,13 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from flows.jobs import SHIPPED_CHECKPOINT, load_run_config
-    from models.checkpoint import load_checkpoint
-    from models.mimnet import MIMNet
-    from pipeline.ingest import open_cube
-    from pipeline.netcdf import write_nowcast
-    from pipeline.nowcast import NowcastOptions, nowcast
-    from pipeline.synthetic import SyntheticConfig, synthetic_cube
+    from mimcast.models.checkpoint import load_checkpoint
+    from mimcast.models.mimnet import MIMNet
+    from mimcast.pipeline.ingest import open_cube
+    from mimcast.pipeline.netcdf import write_nowcast
+    from mimcast.pipeline.nowcast import NowcastOptions, nowcast
+    from mimcast.pipeline.synthetic import SyntheticConfig, synthetic_cube
+    from mimcast.pipeline.training import SHIPPED_CHECKPOINT, load_run_config
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 700, 1024])

@@ -13,7 +13,7 @@ import os
 
 from prefect_dask import DaskTaskRunner
 
-from flows.paths import (  # noqa: F401 - re-exported for the flows
+from mimcast.pipeline.defaults import (  # noqa: F401 - re-exported for the flows
     DEFAULT_CUBE,
     DEFAULT_EVALUATION,
     DEFAULT_INCOMING,

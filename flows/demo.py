@@ -12,12 +12,12 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 
-from flows.evaluate import evaluate_flow
-from flows.ingest import ingest_flow
-from flows.jobs import SHIPPED_CHECKPOINT
-from flows.nowcast import nowcast_flow
-from flows.train import train_flow
-from pipeline.synthetic import SyntheticConfig, write_archive
+from mimcast.flows.evaluate import evaluate_flow
+from mimcast.flows.ingest import ingest_flow
+from mimcast.flows.nowcast import nowcast_flow
+from mimcast.flows.train import train_flow
+from mimcast.pipeline.defaults import SHIPPED_CHECKPOINT
+from mimcast.pipeline.synthetic import SyntheticConfig, write_archive
 
 
 @task(name="synthesise-archive")

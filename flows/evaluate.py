@@ -5,8 +5,14 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import DEFAULT_CUBE, DEFAULT_EVALUATION, dask_task_runner
-from flows.jobs import finish_evaluation, plan_evaluation, score_reference_time
+from mimcast.flows.common import DEFAULT_CUBE, DEFAULT_EVALUATION, dask_task_runner
+from mimcast.pipeline.defaults import EVALUATE_EVERY, EVALUATE_METHODS
+from mimcast.pipeline.evaluation import (
+    build_forecasters,
+    finish_evaluation,
+    plan_evaluation,
+    score_reference_time,
+)
 
 score_task = task(score_reference_time, name="score-reference-time", retries=1)
 
@@ -18,13 +24,14 @@ def evaluate_flow(
     checkpoint: str | None = None,
     start: str | None = None,
     end: str | None = None,
-    every: int = 6,
-    sprog: bool = False,
+    every: int = EVALUATE_EVERY,
+    methods: list[str] | None = None,
+    postprocess: str | None = None,
 ) -> dict:
-    """Score MIMNet, persistence and extrapolation; write scores.csv, report.md, plots."""
-    methods = ("mimnet", "persistence", "extrapolation") + (("sprog",) if sprog else ())
-    plan = plan_evaluation(cube, checkpoint=checkpoint, start=start, end=end, every=every,
-                           methods=methods)  # fmt: skip
+    """Score the methods (default MIMNet, persistence, extrapolation); write the report."""
+    forecasters = build_forecasters(tuple(methods or EVALUATE_METHODS), checkpoint=checkpoint,
+                                    postprocess=postprocess)  # fmt: skip
+    plan = plan_evaluation(cube, forecasters, start=start, end=end, every=every)
     get_run_logger().info("scoring %d reference times on Dask", len(plan.refs))
     futures = [score_task.submit(plan, ref) for ref in plan.refs]
     outputs = finish_evaluation(plan, [f.result() for f in futures], out_dir)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import DEFAULT_CUBE, DEFAULT_INCOMING, dask_task_runner
-from pipeline.ingest import IngestOptions, discover, ingest, report_path, scan_file
-from pipeline.readers import ZR
+from mimcast.flows.common import DEFAULT_CUBE, DEFAULT_INCOMING, dask_task_runner
+from mimcast.pipeline.ingest import IngestOptions, discover, ingest, report_path, scan_file
+from mimcast.pipeline.readers import ZR
 
 scan_task = task(scan_file, name="scan-file", retries=2, retry_delay_seconds=5)
 

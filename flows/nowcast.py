@@ -1,4 +1,9 @@
-"""Prefect flow ``nowcast``: the latest complete reference time in the cube -> NetCDF + maps."""
+"""Prefect flow ``nowcast``: the latest complete reference time in the cube -> NetCDF + maps.
+
+The method comes from the forecaster registry (``mimnet`` by default). When the model cannot
+be loaded (a missing or damaged checkpoint) the flow falls back to ``extrapolation`` and
+says so in its log and artifacts, so an operator still gets a product.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,17 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.states import Completed
 
-from flows.common import DEFAULT_CUBE, DEFAULT_NOWCASTS
-from flows.jobs import run_nowcast
-from pipeline.nowcast import NowcastError
+from mimcast.flows.common import DEFAULT_CUBE, DEFAULT_NOWCASTS
+from mimcast.models.checkpoint import CheckpointError
+from mimcast.pipeline.defaults import FALLBACK_METHOD, NOWCAST_METHOD
+from mimcast.pipeline.nowcast import NowcastError, run_nowcast
+
+_PERMANENT = (NowcastError, CheckpointError)
 
 nowcast_task = task(run_nowcast, name="run-nowcast", retries=1, retry_delay_seconds=10,
                     timeout_seconds=900,
                     retry_condition_fn=lambda t, r, state: not isinstance(
-                        state.result(raise_on_failure=False), NowcastError))  # fmt: skip
+                        state.result(raise_on_failure=False), _PERMANENT))  # fmt: skip
 
 
 @flow(name="nowcast", log_prints=False)
@@ -24,24 +32,35 @@ def nowcast_flow(
     time: str = "latest",
     plot: bool = True,
     source: str | None = None,
+    method: str = NOWCAST_METHOD,
+    fallback: str | None = FALLBACK_METHOD,
 ):
     """Nowcast from the cube; without complete input frames, end as ``Skipped`` saying which."""
     logger = get_run_logger()
+    kwargs = {"checkpoint": checkpoint, "time": time, "plot": plot, "source": source}
     try:
-        out = nowcast_task(cube, out_dir, checkpoint=checkpoint, time=time, plot=plot,
-                           source=source)  # fmt: skip
+        try:
+            out = nowcast_task(cube, out_dir, method=method, **kwargs)
+        except CheckpointError as err:
+            if not fallback or fallback == method:
+                raise
+            logger.error("model unusable (%s); falling back to %s", err, fallback)
+            create_markdown_artifact(f"**Model unusable**: {err}\n\nFell back to `{fallback}`.",
+                                     key="nowcast-fallback")  # fmt: skip
+            out = nowcast_task(cube, out_dir, method=fallback, **kwargs)
     except NowcastError as err:
         logger.warning("no nowcast: %s", err)
         create_markdown_artifact(f"**No nowcast**: {err}", key="nowcast-skipped")
         return Completed(name="Skipped", message=f"no nowcast: {err}")
-    logger.info("nowcast from %s UTC written to %s", out.reference_time, out.netcdf)
+    logger.info("%s nowcast from %s UTC written to %s", out.method, out.reference_time,
+                out.netcdf)  # fmt: skip
     create_link_artifact(out.netcdf.resolve().as_uri(), link_text=out.netcdf.name,
                          key="nowcast-netcdf", description="CF-1.8 NetCDF nowcast")  # fmt: skip
     pictures = "\n".join(
         f"- `{p}`" for p in [*out.pngs, *([out.animation] if out.animation else [])]
     )
     create_markdown_artifact(
-        f"Nowcast from **{out.reference_time} UTC**\n\n- NetCDF: `{out.netcdf}`\n{pictures}\n",
-        key="nowcast-files")  # fmt: skip
+        f"{out.method} nowcast from **{out.reference_time} UTC**\n\n- NetCDF: `{out.netcdf}`\n"
+        f"{pictures}\n", key="nowcast-files")  # fmt: skip
     return {"netcdf": str(out.netcdf), "reference_time": out.reference_time,
-            "pngs": [str(p) for p in out.pngs]}  # fmt: skip
+            "pngs": [str(p) for p in out.pngs], "method": out.method}  # fmt: skip

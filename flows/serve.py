@@ -14,11 +14,16 @@ from datetime import timedelta
 from prefect import serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
-from flows.common import DEFAULT_CUBE, DEFAULT_EVALUATION, DEFAULT_INCOMING, DEFAULT_NOWCASTS
-from flows.evaluate import evaluate_flow
-from flows.ingest import ingest_flow
-from flows.nowcast import nowcast_flow
-from flows.train import train_flow
+from mimcast.flows.common import (
+    DEFAULT_CUBE,
+    DEFAULT_EVALUATION,
+    DEFAULT_INCOMING,
+    DEFAULT_NOWCASTS,
+)
+from mimcast.flows.evaluate import evaluate_flow
+from mimcast.flows.ingest import ingest_flow
+from mimcast.flows.nowcast import nowcast_flow
+from mimcast.flows.train import train_flow
 
 DEPLOYMENT = "mimcast"
 ONE_AT_A_TIME = ConcurrencyLimitConfig(

@@ -5,8 +5,8 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import DEFAULT_CUBE, DEFAULT_RUNS
-from flows.jobs import load_run_config, run_training
+from mimcast.flows.common import DEFAULT_CUBE, DEFAULT_RUNS
+from mimcast.pipeline.training import load_run_config, run_training
 
 
 @task(name="train-mimnet", retries=1, retry_delay_seconds=30, timeout_seconds=24 * 3600)

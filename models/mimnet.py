@@ -85,6 +85,7 @@ class MIMNetConfig:
     diff_input: str = "hidden"  # MIM-N input: "hidden" H^{l-1} difference, or "cascade" D^{l-1}
     first_step_diff: str = "zero"  # at t=0: "zero" difference, or "state" (H_0 - initial zeros)
     channels_last: bool = False  # run convolutions in channels_last memory format (GPU)
+    residual: bool = False  # predict the change from the frame fed at each step (~0 at start)
 
     def __post_init__(self) -> None:
         positive = ("in_channels", "input_length", "output_length", "num_hidden", "patch_size")
@@ -370,14 +371,21 @@ class MIMNet(nn.Module):
         patch_ch = config.in_channels * config.patch_size**2
         self.stack = MIMStack(config, patch_ch)
         self.head = nn.Conv2d(config.num_hidden, patch_ch, 1, bias=False)  # H -> next frame
+        if config.residual:
+            # An untrained residual model almost persists its input. Not exactly zero: the head
+            # is the only path from the stack to the output, and a zero head passes no gradient
+            # to the stack (training then stalls at persistence; seen on real radar).
+            nn.init.normal_(self.head.weight, std=1e-3)
 
     def step(self, x: Tensor, state: MIMState, first: bool = False) -> tuple[Tensor, MIMState]:
         """Advance one time step on patched input ``x`` ``(B, C p^2, h, w)``.
 
-        Returns the prediction of the next patched frame and the new state.
+        Returns the prediction of the next patched frame and the new state. With
+        ``config.residual`` the head predicts the change from ``x``.
         """
         top, state = self.stack(x, state, first)
-        return self.head(top), state
+        out = self.head(top)
+        return (x + out if self.config.residual else out), state
 
     def forward(self, frames: Tensor, mask: Tensor | None = None) -> Tensor:
         """Predict ``output_length`` frames after the observed ones.

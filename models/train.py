@@ -39,8 +39,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
-from models.checkpoint import save_checkpoint
-from models.mimnet import MIMNet, MIMNetConfig, autocast, compile_step
+from mimcast.models.checkpoint import InputConfig, save_checkpoint
+from mimcast.models.mimnet import MIMNet, MIMNetConfig, autocast, compile_step
+from mimcast.pipeline.atomic import atomic_path
+from mimcast.pipeline.zr import MARSHALL_PALMER
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ class TrainConfig:
 
 
 #: HKO-7 balanced loss: rain-rate thresholds (mm/h) and weights; converted to dBZ with
-#: Marshall-Palmer (Z = 200 R^1.6).
+#: Marshall-Palmer (``pipeline.zr``).
 BALANCED = ((0.5, 2.0), (2.0, 5.0), (5.0, 10.0), (10.0, 30.0), (30.0, 30.0))
 
 
@@ -92,7 +94,7 @@ def balanced_weights(target_dbz: torch.Tensor) -> torch.Tensor:
     """Return per-pixel loss weights that grow with the target's rain intensity."""
     weights = torch.ones_like(target_dbz)
     for rate, weight in BALANCED:
-        dbz = 10 * math.log10(200.0) + 16.0 * math.log10(rate)
+        dbz = 10 * math.log10(MARSHALL_PALMER.a) + 10 * MARSHALL_PALMER.b * math.log10(rate)
         weights = torch.where(target_dbz >= dbz, torch.full_like(weights, weight), weights)
     return weights
 
@@ -204,9 +206,8 @@ def _save_state(path: Path, model, opt, sched, gen, progress: dict[str, Any]) ->
         "opt_scalars": scalars,
         "scheduler": sched.state_dict(),
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp), metadata={"state": json.dumps(meta, default=_jsonable)})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"state": json.dumps(meta, default=_jsonable)})
 
 
 def _jsonable(value):
@@ -335,8 +336,14 @@ def train(
     dbz_range: tuple[float, float] = (0.0, 70.0),
     extra: dict[str, Any] | None = None,
     progress: bool = True,
+    inputs: InputConfig | None = None,
 ) -> TrainResult:
-    """Train MIMNet; resume from ``out_dir/state.safetensors`` when it exists."""
+    """Train MIMNet; resume from ``out_dir/state.safetensors`` when it exists.
+
+    ``inputs`` is written into every checkpoint; without it, the checkpoints record the
+    Eulerian normalisation ``dbz_range`` the data was scaled with.
+    """
+    inputs = inputs or InputConfig(float(dbz_range[0]), float(dbz_range[1]))
     env = _setup(config)
     out = Path(out_dir)
     if env.main:
@@ -412,7 +419,7 @@ def train(
                 if step % config.val_every == 0 or step == config.max_steps:
                     best, best_path, last_path = _validate_and_save(
                         env, model, net, val_loader, model_config, config, dbz_range, out,
-                        step, best, best_path, metrics, extra,
+                        step, best, best_path, metrics, extra, inputs,
                     )  # fmt: skip
                 if env.main and (step % config.checkpoint_every == 0 or step == config.max_steps):
                     _save_state(state_path, model, opt, sched, gen,
@@ -434,7 +441,7 @@ def train(
 
 
 def _validate_and_save(env, model, net, val_loader, model_config, config, dbz_range, out, step,
-                       best, best_path, metrics, extra):  # fmt: skip
+                       best, best_path, metrics, extra, inputs):  # fmt: skip
     last_path = None
     if env.main:
         scores = (
@@ -443,13 +450,13 @@ def _validate_and_save(env, model, net, val_loader, model_config, config, dbz_ra
             else {}
         )
         info = {"step": step, **scores, **(extra or {})}
-        last_path = save_checkpoint(model, out / "last.safetensors", extra=info)
+        last_path = save_checkpoint(model, out / "last.safetensors", extra=info, inputs=inputs)
         val = scores.get("val_mse")
         if val is not None and (best is None or val < best):
             best = val
-            best_path = save_checkpoint(model, out / "best.safetensors", extra=info)
+            best_path = save_checkpoint(model, out / "best.safetensors", extra=info, inputs=inputs)
         elif best_path is None:
-            best_path = save_checkpoint(model, out / "best.safetensors", extra=info)
+            best_path = save_checkpoint(model, out / "best.safetensors", extra=info, inputs=inputs)
         _log(metrics, {"step": step, "event": "validation", **scores})
     return best, best_path, last_path
 
@@ -501,8 +508,7 @@ def plot_curves(metrics_path: Path, png: Path) -> Path | None:
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = png.with_name(f".{png.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
-    os.replace(tmp, png)
     return png

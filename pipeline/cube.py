@@ -14,7 +14,9 @@ Every stage hands the next an ``xr.Dataset`` that passes :func:`validate_cube`:
   radar measured and saw no echo (ODIM's ``undetect``); CF ``standard_name``, ``units``,
   ``long_name`` and ``grid_mapping = "crs"``.
 
-:func:`build_cube` makes such a dataset from arrays; :func:`validate_cube` checks one and
+:func:`open_cube`, :func:`observed`, :func:`step_minutes` and :func:`complete_windows` are
+the one way every stage opens a cube and reads its time axis. :func:`build_cube` makes such
+a dataset from arrays; :func:`validate_cube` checks one and
 raises :class:`CubeError`, naming the field and what was expected, at the first violation.
 """
 
@@ -23,15 +25,19 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyproj
 import xarray as xr
 
+if TYPE_CHECKING:  # pyproj loads on first use: a GPU trainer needs no projections
+    import pyproj
+
 #: dBZ written where the radar measured and found no echo (ODIM ``undetect``). It is the
-#: lowest value of the usual 8-bit DBZH coding (offset -32 dBZ, gain 0.5 dB).
-NO_ECHO_DBZ: float = -32.0
+#: lowest value of the usual 8-bit DBZH coding (offset -32 dBZ, gain 0.5 dB); defined beside
+#: the Z-R relation, whose rain rate 0 it is.
+from mimcast.pipeline.zr import NO_ECHO_DBZ as NO_ECHO_DBZ
 
 #: Name of the data variable and of the grid-mapping variable.
 VARIABLE = "reflectivity"
@@ -87,6 +93,8 @@ def crs_variable(crs: pyproj.CRS | str) -> xr.DataArray:
         A scalar ``int32`` variable whose attributes are pyproj's CF parameters plus
         ``crs_wkt`` (always present, also for projections CF cannot name).
     """
+    import pyproj
+
     wkt = pyproj.CRS.from_user_input(crs).to_wkt()
     return xr.DataArray(np.int32(0), attrs=dict(_cf_attrs(wkt)))
 
@@ -94,6 +102,8 @@ def crs_variable(crs: pyproj.CRS | str) -> xr.DataArray:
 @functools.lru_cache(maxsize=64)
 def _cf_attrs(wkt: str) -> tuple[tuple[str, Any], ...]:
     """CF grid-mapping attributes for a CRS (cached: readers call this once per frame)."""
+    import pyproj
+
     crs = pyproj.CRS.from_wkt(wkt)
     with warnings.catch_warnings():
         # pyproj warns when a parameter has no CF name; crs_wkt below keeps all of them
@@ -108,6 +118,8 @@ def cube_crs(ds: xr.Dataset) -> pyproj.CRS:
     """Return the CRS of a cube, rebuilt from its ``crs`` variable's ``crs_wkt``."""
     if GRID_MAPPING not in ds.variables:
         raise CubeError(f"'{GRID_MAPPING}': missing grid-mapping variable")
+    import pyproj
+
     return pyproj.CRS.from_wkt(ds[GRID_MAPPING].attrs["crs_wkt"])
 
 
@@ -192,6 +204,8 @@ def _check_axis(ds: xr.Dataset, name: str, attrs: dict[str, str]) -> None:
 @functools.lru_cache(maxsize=64)
 def _crs_facts(wkt: str) -> tuple[bool, tuple[str, ...], str | None]:
     """Whether a CRS is projected, its axis units and CF grid-mapping name (cached)."""
+    import pyproj
+
     crs = pyproj.CRS.from_wkt(wkt)
     units = tuple(sorted({axis.unit_name for axis in crs.axis_info}))
     return crs.is_projected, units, dict(_cf_attrs(wkt)).get("grid_mapping_name")
@@ -251,6 +265,8 @@ def validate_cube(ds: xr.Dataset, *, check_values: bool = False) -> xr.Dataset:
         raise CubeError(f"'{GRID_MAPPING}': must be a scalar variable, got dims {gm.dims}")
     if "crs_wkt" not in gm.attrs:
         raise CubeError(f"'{GRID_MAPPING}': missing attribute 'crs_wkt'")
+    import pyproj
+
     try:
         is_projected, units, cf_name = _crs_facts(str(gm.attrs["crs_wkt"]))
     except pyproj.exceptions.CRSError as err:
@@ -288,3 +304,46 @@ def regular_grid(
     x = x0 + dx * (np.arange(width) + 0.5)
     y = y0 - dy * (np.arange(height) + 0.5)
     return x, y
+
+
+# --------------------------------------------------------------------------------------------
+# access: the one place that opens cubes and reads their time axis
+
+
+def open_cube(store: str | Path) -> xr.Dataset:
+    """Open a Zarr cube lazily (dask) and check the contract; :class:`CubeError` if unusable."""
+    store = Path(store)
+    if not store.exists():
+        raise CubeError(f"{store}: no such cube (run 'mimcast ingest' first)")
+    try:
+        ds = xr.open_zarr(store, consolidated=False)
+    except Exception as err:
+        raise CubeError(f"{store}: not a readable Zarr cube ({err})") from err
+    return validate_cube(ds)
+
+
+def observed(cube: xr.Dataset) -> np.ndarray:
+    """Return the per-frame ``observed`` flags (all True for a cube without gap bookkeeping)."""
+    if "observed" in cube:
+        return np.asarray(cube["observed"].values, dtype=bool)
+    return np.ones(cube.sizes["time"], dtype=bool)
+
+
+def step_minutes(cube: xr.Dataset) -> int:
+    """Return the cube's time step in minutes (its attribute, else the first difference)."""
+    step = int(cube.attrs.get("time_step_minutes") or 0)
+    if not step:
+        if cube.sizes["time"] < 2:
+            raise CubeError("cannot tell the time step of a one-frame cube")
+        step = int(np.diff(cube.time.values[:2])[0] / np.timedelta64(1, "m"))
+    return step
+
+
+def complete_windows(flags: np.ndarray, length: int, stride: int = 1) -> np.ndarray:
+    """Return the start indices of windows of ``length`` frames that are all observed."""
+    flags = np.asarray(flags, dtype=bool)
+    if flags.size < length or length < 1:
+        return np.zeros(0, dtype=np.int64)
+    run = np.convolve(flags.astype(np.int64), np.ones(length, dtype=np.int64), "valid")
+    starts = np.flatnonzero(run == length)
+    return starts[starts % stride == 0] if stride > 1 else starts

@@ -47,20 +47,23 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from pipeline.cube import (
+from mimcast.pipeline.atomic import atomic_write_json
+from mimcast.pipeline.cube import (
     GRID_MAPPING,
     NO_ECHO_DBZ,
     TIME_ENCODING,
     VARIABLE,
     CubeError,
-    validate_cube,
+    open_cube,
 )
-from pipeline.readers import MARSHALL_PALMER, ZR, ReaderError, read
+from mimcast.pipeline.cube import observed as cube_observed
+from mimcast.pipeline.readers import ReaderError, read
+from mimcast.pipeline.zr import MARSHALL_PALMER, ZR
 
 REPORT_SUFFIX = ".ingest.json"
 
 
-class IngestError(ValueError):
+class IngestError(CubeError):
     """Nothing could be ingested (no input, nothing readable, or an unusable store)."""
 
 
@@ -261,24 +264,6 @@ def report_path(store: str | Path) -> Path:
     store = Path(store)
     name = store.name[: -len(".zarr")] if store.name.endswith(".zarr") else store.name
     return store.with_name(name + REPORT_SUFFIX)
-
-
-def open_cube(store: str | Path) -> xr.Dataset:
-    """Open a Zarr cube lazily (dask) and check the contract."""
-    store = Path(store)
-    if not store.exists():
-        raise IngestError(f"{store}: no such cube")
-    try:
-        ds = xr.open_zarr(store, consolidated=False)
-    except Exception as err:
-        raise IngestError(f"{store}: not a readable Zarr cube ({err})") from err
-    return validate_cube(ds)
-
-
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1, sort_keys=False, default=str))
-    os.replace(tmp, path)
 
 
 def _infer_step(times: Sequence[np.datetime64]) -> int:
@@ -535,7 +520,7 @@ def _finish(report: IngestReport, out: Path, known: dict, previous: dict) -> Non
     if out.exists():
         cube = xr.open_zarr(out, consolidated=False)
         times = cube.time.values
-        observed = cube["observed"].values if "observed" in cube else np.ones(times.size, bool)
+        observed = cube_observed(cube)
         report.gaps = [str(np.datetime64(t, "s")) for t, o in zip(times, observed, strict=True)
                        if not o]  # fmt: skip
         report.time_range = [str(np.datetime64(times[0], "s")), str(np.datetime64(times[-1], "s"))]
@@ -554,7 +539,7 @@ def _finish(report: IngestReport, out: Path, known: dict, previous: dict) -> Non
         "frames": dict(sorted(known.items())),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(report_path(out), payload)
+    atomic_write_json(report_path(out), payload)
 
 
 _RUN_SUMMARY = (

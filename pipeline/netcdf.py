@@ -30,7 +30,8 @@ import numpy as np
 import pyproj
 import xarray as xr
 
-from pipeline.cube import GRID_MAPPING, cube_crs
+from mimcast.pipeline.atomic import atomic_path
+from mimcast.pipeline.cube import GRID_MAPPING, cube_crs
 
 FILL_VALUE = np.float32(-9999.0)
 PRODUCTS = ("reflectivity", "rainfall_rate", "precipitation_amount")
@@ -101,12 +102,8 @@ def write_nowcast(
     encoding["forecast_period"] = {"_FillValue": None}
     encoding[GRID_MAPPING] = {"_FillValue": None}
     _remove_stale_temporaries(out)
-    tmp = out / f".{path.name}.{os.getpid()}.tmp"
-    try:
+    with atomic_path(path) as tmp:
         ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

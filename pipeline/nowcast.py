@@ -1,32 +1,40 @@
-"""Nowcast: run a trained MIMNet over a cube at a reference time, on the full domain.
+"""Nowcast: run any registered forecaster over a cube at a reference time, on the full domain.
 
 Contract
 --------
-:func:`nowcast` takes a radar cube and a model (``models.mimnet.MIMNet``) and returns a
-forecast dataset: ``reflectivity`` (dBZ), ``rainfall_rate`` (mm/h) and
-``precipitation_amount`` (mm accumulated since the reference time) on dims
-``(time, y, x)`` where ``time`` is the valid time of each lead, with the scalar
-``forecast_reference_time``, the ``forecast_period`` coordinate, the cube's ``x``/``y`` and
-``crs``. The reference time is the latest one whose ``input_length`` frames are all observed
-(``"latest"``) or a given time; a missing or gap frame among the inputs raises
-:class:`NowcastError` naming the missing times.
+:func:`nowcast` takes a radar cube and a forecaster (:mod:`mimcast.pipeline.forecasters`:
+MIMNet from a checkpoint, persistence, extrapolation, S-PROG, ...) and returns a forecast
+dataset: ``reflectivity`` (dBZ), ``rainfall_rate`` (mm/h) and ``precipitation_amount`` (mm
+accumulated since the reference time) on dims ``(time, y, x)`` where ``time`` is the valid
+time of each lead, with the scalar ``forecast_reference_time``, the ``forecast_period``
+coordinate, the cube's ``x``/``y`` and ``crs``. Every method gives the same dataset, so the
+same CF NetCDF writer serves all of them. The reference time is the latest one whose input
+frames are all observed (``"latest"``) or a given time; a missing or gap frame among the
+inputs raises :class:`NowcastError` naming the missing times, and inputs without one valid
+pixel raise it too (no all-NaN product).
 
-Grids larger than ``max_pixels`` are cut into overlapping tiles, run one at a time and blended
-with linear ramps over the overlap, so memory stays bounded whatever the domain.
-Pixels without data in the last observed frame are NaN in every lead time.
+Models run on grids larger than ``max_pixels`` in overlapping tiles (:func:`predict`),
+blended with linear ramps over the overlap, so memory stays bounded whatever the domain.
+NaN in a product means unknown: outside the coverage of the last observed frame, or
+advected in from outside the grid.
+:func:`run_nowcast` is the file-level job (cube path in, NetCDF and maps out) that the CLI
+and the Prefect flow both call.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
-from pipeline.cube import GRID_MAPPING, NO_ECHO_DBZ, VARIABLE
-from pipeline.products import MARSHALL_PALMER, ZR, accumulate, dbz_to_rate
-from pipeline.sequences import Normalizer
+from mimcast.pipeline.cube import GRID_MAPPING, VARIABLE, step_minutes
+from mimcast.pipeline.cube import observed as cube_observed
+from mimcast.pipeline.defaults import MAP_LEADS, NOWCAST_METHOD, RAIN_THRESHOLD_DBZ
+from mimcast.pipeline.products import accumulate
+from mimcast.pipeline.zr import MARSHALL_PALMER, ZR, dbz_to_rate
 
 
 class NowcastError(ValueError):
@@ -38,31 +46,27 @@ class NowcastOptions:
     """How a nowcast is run."""
 
     time: str = "latest"  # reference time (ISO 8601, UTC) or "latest"
+    leads: int | None = None  # lead steps; None: the method's default (a model's horizon)
+    rain_threshold_dbz: float = RAIN_THRESHOLD_DBZ  # weaker reflectivity gives no rain
+    zr: ZR | None = None  # Z-R for products; None: the cube's (zr_a/zr_b) or Marshall-Palmer
+
+
+@dataclass(frozen=True)
+class TileOptions:
+    """How a model runs over a grid (what :func:`predict` reads)."""
+
+    device: str = "auto"  # "auto": CUDA when present, else CPU
+    bf16: bool = False  # bf16 autocast for inference
     max_pixels: int = 1024 * 1024  # grids with more pixels are tiled (memory budget)
     tile: int = 512  # tile side in pixels
     overlap: int = 64  # overlap between tiles in pixels (blended)
-    echo_threshold_dbz: float = 5.0  # weaker predicted reflectivity is "no echo"
-    rain_threshold_dbz: float = 10.0  # weaker reflectivity gives no rain
-    zr: ZR | None = None  # Z-R for products; None: the cube's (zr_a/zr_b) or Marshall-Palmer
-    device: str = "auto"  # "auto": CUDA when present, else CPU
-    bf16: bool = False  # bf16 autocast for inference
-
-
-def step_minutes(cube: xr.Dataset) -> int:
-    """Return the cube's time step in minutes."""
-    step = int(cube.attrs.get("time_step_minutes") or 0)
-    if not step:
-        if cube.sizes["time"] < 2:
-            raise NowcastError("cannot tell the time step of a one-frame cube")
-        step = int(np.diff(cube.time.values[:2])[0] / np.timedelta64(1, "m"))
-    return step
 
 
 def input_times(cube: xr.Dataset, n_inputs: int, when: str = "latest") -> np.ndarray:
     """Return the ``n_inputs`` input times ending at the reference time ``when``."""
     step = np.timedelta64(step_minutes(cube), "m")
     times = cube.time.values.astype("datetime64[m]")
-    observed = cube["observed"].values if "observed" in cube else np.ones(times.size, bool)
+    observed = cube_observed(cube)
     available = times[observed]
     if when == "latest":
         for ref in available[::-1]:
@@ -83,7 +87,7 @@ def input_times(cube: xr.Dataset, n_inputs: int, when: str = "latest") -> np.nda
         kind = "missing or gaps" if np.isin(ref, times) else "outside the cube"
         raise NowcastError(
             f"cannot nowcast from {ref}: input frames {', '.join(missing)} are {kind} "
-            f"(the model needs {n_inputs} frames at {step_minutes(cube)}-minute steps)"
+            f"(the method needs {n_inputs} frames at {step_minutes(cube)}-minute steps)"
         )
     return wanted
 
@@ -108,14 +112,16 @@ def tile_slices(size: int, tile: int, overlap: int) -> list[slice]:
     return [slice(s, s + tile) for s in sorted(set(starts))]
 
 
-def predict(model, frames: np.ndarray, options: NowcastOptions) -> np.ndarray:
+def predict(model, frames: np.ndarray, options) -> np.ndarray:
     """Run ``model`` on normalised ``frames`` ``(T_in, H, W)``; return ``(T_out, H, W)`` in [0, 1].
 
-    Tiles when ``H * W`` exceeds ``options.max_pixels``.
+    ``options`` has the fields of :class:`TileOptions` (a
+    :class:`~mimcast.pipeline.forecasters.MIMNetForecaster` has them too); tiles when
+    ``H * W`` exceeds ``options.max_pixels``.
     """
     import torch
 
-    from models.mimnet import autocast
+    from mimcast.models.mimnet import autocast
 
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if options.device == "auto"
@@ -147,43 +153,33 @@ def predict(model, frames: np.ndarray, options: NowcastOptions) -> np.ndarray:
     return acc / weight
 
 
-def nowcast(
+def forecast_dataset(
     cube: xr.Dataset,
-    model,
-    options: NowcastOptions | None = None,
+    dbz: np.ndarray,
+    wanted: np.ndarray,
+    options: NowcastOptions,
     *,
-    normalizer: Normalizer | None = None,
-    source: str = "mimcast",
+    source: str,
+    method: str,
 ) -> xr.Dataset:
-    """Return the forecast dataset for ``cube`` at ``options.time`` (see module docstring)."""
-    options = options or NowcastOptions()
-    normalizer = normalizer or Normalizer()
-    n_in, n_out = model.config.input_length, model.config.output_length
-    wanted = input_times(cube, n_in, options.time)
+    """Wrap forecast reflectivity ``(L, H, W)`` from inputs ``wanted`` as the product dataset."""
     step = step_minutes(cube)
-    inputs = cube[VARIABLE].sel(time=wanted.astype("datetime64[ns]")).values  # (T_in, H, W)
-    x, _ = normalizer.normalize(inputs)
-    pred = predict(model, x, options)  # (T_out, H, W)
-    dbz = normalizer.denormalize(pred).astype(np.float32)
-    dbz[dbz < options.echo_threshold_dbz] = NO_ECHO_DBZ
-    nodata = np.isnan(inputs[-1])
-    dbz[:, nodata] = np.nan
-
     refl_attrs = cube[VARIABLE].attrs
     zr = options.zr or (
         ZR(float(refl_attrs["zr_a"]), float(refl_attrs["zr_b"]))
         if "zr_a" in refl_attrs and "zr_b" in refl_attrs
         else MARSHALL_PALMER
     )
+    n_out = dbz.shape[0]
     rate = dbz_to_rate(dbz, zr, options.rain_threshold_dbz).astype(np.float32)
     amount = accumulate(rate, step).astype(np.float32)
     reference = wanted[-1].astype("datetime64[ns]")
     lead = np.arange(1, n_out + 1) * step
     valid_times = reference + lead.astype("timedelta64[m]").astype("timedelta64[ns]")
     attrs: dict[str, Any] = {"zr_a": zr.a, "zr_b": zr.b}
-    ds = xr.Dataset(
+    return xr.Dataset(
         {
-            "reflectivity": (("time", "y", "x"), dbz, {
+            "reflectivity": (("time", "y", "x"), dbz.astype(np.float32), {
                 "standard_name": "equivalent_reflectivity_factor", "long_name":
                 "forecast equivalent reflectivity factor", "units": "dBZ",
                 "grid_mapping": GRID_MAPPING}),
@@ -208,6 +204,83 @@ def nowcast(
             "y": cube.y, "x": cube.x, GRID_MAPPING: cube[GRID_MAPPING],
         },
         attrs={"source": source, "input_times": ", ".join(str(t) for t in wanted),
-               "time_step_minutes": step},
+               "time_step_minutes": step, "method": method},
     )  # fmt: skip
-    return ds
+
+
+def nowcast(
+    cube: xr.Dataset,
+    forecaster,
+    options: NowcastOptions | None = None,
+    *,
+    source: str = "mimcast",
+) -> xr.Dataset:
+    """Return the forecast dataset of ``forecaster`` for ``cube`` at ``options.time``."""
+    options = options or NowcastOptions()
+    n_leads = options.leads or forecaster.default_leads
+    if n_leads < 1:
+        raise NowcastError(f"lead steps must be >= 1, got {n_leads}")
+    if forecaster.max_leads is not None and n_leads > forecaster.max_leads:
+        raise NowcastError(
+            f"{forecaster.name} predicts at most {forecaster.max_leads} lead steps, {n_leads} asked"
+        )
+    wanted = input_times(cube, forecaster.input_frames, options.time)
+    inputs = cube[VARIABLE].sel(time=wanted.astype("datetime64[ns]")).values  # (T_in, H, W)
+    if not np.isfinite(inputs[-1]).any():
+        raise NowcastError(
+            f"cannot nowcast from {wanted[-1]}: the last input frame has no valid pixel"
+        )
+    dbz = np.asarray(forecaster(inputs, n_leads), dtype=np.float32)
+    return forecast_dataset(cube, dbz, wanted, options, source=source, method=forecaster.name)
+
+
+@dataclass
+class NowcastOutputs:
+    """Files written by one nowcast."""
+
+    netcdf: Path
+    reference_time: str
+    pngs: list[Path]
+    animation: Path | None
+    method: str
+
+
+def run_nowcast(
+    cube_path: str | Path,
+    out_dir: str | Path,
+    *,
+    method: str = NOWCAST_METHOD,
+    checkpoint: str | Path | None = None,
+    time: str = "latest",
+    plot: bool = False,
+    leads: tuple[int, ...] = MAP_LEADS,
+    source: str | None = None,
+    device: str = "auto",
+    steps: int | None = None,
+) -> NowcastOutputs:
+    """Nowcast from a Zarr cube with a registered method; write NetCDF (and quicklooks)."""
+    from mimcast.pipeline.cube import open_cube
+    from mimcast.pipeline.forecasters import get_forecaster
+    from mimcast.pipeline.netcdf import write_nowcast
+
+    forecaster = get_forecaster(method, checkpoint=str(checkpoint) if checkpoint else None,
+                                device=device)  # fmt: skip
+    cube = open_cube(cube_path)
+    name = source or Path(cube_path).name.removesuffix(".zarr")
+    forecast = nowcast(cube, forecaster, NowcastOptions(time=time, leads=steps), source=name)
+    if method == "mimnet":
+        model, about = "MIMNet", forecaster.describe()
+    else:
+        model, about = method, forecaster.description
+    path = write_nowcast(forecast, out_dir, source=name, model=model, checkpoint=about)
+    pngs, gif = [], None
+    if plot:
+        from mimcast.pipeline.plots import animation, quicklook
+
+        have = forecast["forecast_period"].values.tolist()
+        stem = path.with_suffix("")
+        for lead in [lead for lead in leads if lead in have] or have[-1:]:
+            pngs.append(quicklook(forecast, lead, f"{stem}_{lead:03d}min.png"))
+        gif = animation(forecast, f"{stem}.gif")
+    ref = str(np.datetime64(forecast["forecast_reference_time"].values, "m"))
+    return NowcastOutputs(path, ref, pngs, gif, method)

@@ -25,7 +25,7 @@ import shapely.geometry as sgeom
 import xarray as xr
 from matplotlib.colors import BoundaryNorm, ListedColormap
 
-from pipeline.cube import cube_crs
+from mimcast.pipeline.cube import cube_crs
 
 # never download at run time: drawing must not hang on a closed network
 cartopy.config["downloaders"] = {}
@@ -166,19 +166,28 @@ def animation(forecast: xr.Dataset, path: str | Path, fps: float = 3.0) -> Path:
     return path
 
 
-METHOD_STYLE = {
-    "mimnet": ("MIMNet", "C0", "o-"),
-    "extrapolation": ("extrapolation (LK)", "C1", "s--"),
-    "persistence": ("persistence", "k", "^:"),
-    "sprog": ("S-PROG", "C2", "d-."),
-}
+_STYLES = ("o-", "s--", "d-.", "v-", "P--", "X-.", "*-", "h--")
+
+
+def method_styles(methods: list[str]) -> dict[str, tuple[str, str, str]]:
+    """Label, colour and line style per method label: any registered method, no table to edit.
+
+    Model labels (``mimnet...``) come first in solid lines; persistence is always black.
+    """
+    styles = {}
+    for i, m in enumerate(methods):
+        color = "k" if m == "persistence" else f"C{i % 10}"
+        style = "^:" if m == "persistence" else _STYLES[i % len(_STYLES)]
+        styles[m] = (m, color, style)
+    return styles
 
 
 def skill_curves(rows: list[dict], out_dir: str | Path) -> list[Path]:
     """Draw CSI vs lead time (one panel per threshold) and MSE vs lead time; return PNGs."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    methods = sorted({r["method"] for r in rows}, key=lambda m: (m != "mimnet", m))
+    methods = sorted({r["method"] for r in rows}, key=lambda m: (not m.startswith("mimnet"), m))
+    styles = method_styles(methods)
     thresholds = sorted({r["threshold"] for r in rows if r["metric"] == "CSI"},
                         key=lambda t: (t.split()[1], float(t.split()[0])))  # fmt: skip
     fig, axes = plt.subplots(1, len(thresholds), figsize=(3.2 * len(thresholds), 3.4),
@@ -190,7 +199,7 @@ def skill_curves(rows: list[dict], out_dir: str | Path) -> list[Path]:
                 for r in rows
                 if r["method"] == m and r["metric"] == "CSI" and r["threshold"] == thr
             )
-            label, color, style = METHOD_STYLE.get(m, (m, None, "o-"))
+            label, color, style = styles[m]
             ax.plot(*zip(*pts, strict=True), style, color=color, label=label, ms=3)
         ax.set(title=f"CSI ≥ {thr}", xlabel="lead time (min)", ylim=(0, 1))
         ax.grid(alpha=0.3)
@@ -204,7 +213,7 @@ def skill_curves(rows: list[dict], out_dir: str | Path) -> list[Path]:
     for m in methods:
         pts = sorted((r["lead_time"], r["value"]) for r in rows
                      if r["method"] == m and r["metric"] == "MSE")  # fmt: skip
-        label, color, style = METHOD_STYLE.get(m, (m, None, "o-"))
+        label, color, style = styles[m]
         ax.plot(*zip(*pts, strict=True), style, color=color, label=label, ms=3)
     ax.set(title="MSE (dBZ², valid pixels)", xlabel="lead time (min)", ylabel="MSE")
     ax.grid(alpha=0.3)

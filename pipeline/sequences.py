@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from pipeline.cube import VARIABLE, validate_cube
+from mimcast.pipeline.cube import VARIABLE, complete_windows, validate_cube
+from mimcast.pipeline.cube import observed as cube_observed
 
 SPLITS = ("train", "val", "test")
 
@@ -76,8 +77,18 @@ class SequenceConfig:
     buffer: int | None = None  # frames left out between splits; None: input_length
     dbz_min: float = 0.0  # normalisation: dBZ mapped to 0
     dbz_max: float = 70.0  # normalisation: dBZ mapped to 1
+    frame: str = "eulerian"  # "lagrangian": windows moved with their motion (pipeline.packs)
+    motion_frames: int = 3  # last inputs for the Lucas-Kanade motion (lagrangian)
+    min_targets: int | None = None  # packs: observed targets a window needs (None: all)
+    augment: bool = False  # packs: random 90-degree rotations and flips in training
+    max_items_per_cube: int = 4000  # packs: patch cap per cube, so no archive dominates
+    postprocess: str = "none"  # written into checkpoints: "none" or "pm" (probability matching)
 
     def __post_init__(self) -> None:
+        if self.frame not in ("eulerian", "lagrangian"):
+            raise ValueError(f"SequenceConfig: frame={self.frame!r}: 'eulerian' or 'lagrangian'")
+        if self.postprocess not in ("none", "pm"):
+            raise ValueError(f"SequenceConfig: postprocess={self.postprocess!r}: 'none' or 'pm'")
         if self.input_length < 1 or self.output_length < 1:
             raise ValueError("SequenceConfig: input_length and output_length must be >= 1")
         if self.patch < 0 or (self.patch and self.stride < 1):
@@ -91,19 +102,26 @@ class SequenceConfig:
         return self.input_length + self.output_length
 
     @property
+    def uses_pack(self) -> bool:
+        """Whether training goes through a pack (Lagrangian frame, augmentation, short cubes)."""
+        return self.frame == "lagrangian" or self.augment or self.min_targets is not None
+
+    def pack_config(self):
+        """The :class:`~mimcast.pipeline.packs.PackConfig` these settings cut packs with."""
+        from mimcast.pipeline.packs import PackConfig
+
+        return PackConfig(
+            n_inputs=self.input_length, n_outputs=self.output_length,
+            min_targets=self.min_targets or self.output_length, motion_frames=self.motion_frames,
+            patch=self.patch or 64, stride=self.stride, echo_dbz=self.echo_dbz,
+            min_coverage=self.min_coverage, val_fraction=self.val,
+            max_items_per_cube=self.max_items_per_cube,
+        )  # fmt: skip
+
+    @property
     def normalizer(self) -> Normalizer:
         """The normaliser these windows use."""
         return Normalizer(self.dbz_min, self.dbz_max)
-
-
-def valid_starts(observed: np.ndarray, length: int, stride: int = 1) -> np.ndarray:
-    """Return window start indices whose ``length`` frames are all observed."""
-    observed = np.asarray(observed, dtype=bool)
-    if observed.size < length:
-        return np.zeros(0, dtype=np.int64)
-    run = np.convolve(observed.astype(np.int64), np.ones(length, dtype=np.int64), "valid")
-    starts = np.flatnonzero(run == length)
-    return starts[starts % stride == 0] if stride > 1 else starts
 
 
 def split_ranges(n_times: int, config: SequenceConfig) -> dict[str, tuple[int, int]]:
@@ -123,7 +141,7 @@ def split_starts(observed: np.ndarray, config: SequenceConfig, split: str) -> np
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
     first, stop = split_ranges(len(observed), config)[split]
-    starts = valid_starts(observed, config.length, config.window_stride)
+    starts = complete_windows(observed, config.length, config.window_stride)
     return starts[(starts >= first) & (starts + config.length <= stop)]
 
 
@@ -197,10 +215,7 @@ class RadarSequenceDataset:
         items = []
         for k, _ in enumerate(self.sources):
             ds = self._cube(k)
-            observed = (
-                ds["observed"].values if "observed" in ds else np.ones(ds.sizes["time"], dtype=bool)
-            )
-            starts = split_starts(observed, config, split)
+            starts = split_starts(cube_observed(ds), config, split)
             if not len(starts):
                 continue
             origins = patch_origins(ds.sizes["y"], ds.sizes["x"], config)

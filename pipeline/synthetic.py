@@ -31,7 +31,6 @@ Rain rate becomes reflectivity through Z = a R^b (``zr_a``, ``zr_b``); echoes be
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -43,7 +42,9 @@ import pyproj
 import xarray as xr
 from scipy import ndimage
 
-from pipeline.cube import NO_ECHO_DBZ, build_cube, regular_grid
+from mimcast.pipeline.atomic import atomic_path
+from mimcast.pipeline.cube import NO_ECHO_DBZ, build_cube, regular_grid
+from mimcast.pipeline.zr import MARSHALL_PALMER
 
 #: 8-bit DBZH coding used by the generated files (the usual ODIM choice).
 GAIN = 0.5
@@ -380,7 +381,9 @@ def _erfinv(y: float) -> float:
     return float(erfinv(y))
 
 
-def rain_to_dbz(rain: np.ndarray, a: float = 200.0, b: float = 1.6) -> np.ndarray:
+def rain_to_dbz(
+    rain: np.ndarray, a: float = MARSHALL_PALMER.a, b: float = MARSHALL_PALMER.b
+) -> np.ndarray:
     """Return reflectivity in dBZ for rain rate in mm/h through Z = a R^b (-inf for R = 0)."""
     with np.errstate(divide="ignore"):
         return 10.0 * np.log10(a) + 10.0 * b * np.log10(rain)
@@ -526,11 +529,7 @@ def write_archive(
     paths = []
     for when, counts in frames:
         path = archive_path(out, when)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
+        with atomic_path(path) as tmp:
             _write_odim(tmp, config, when, counts)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
         paths.append(path)
     return paths

@@ -9,9 +9,9 @@ Contract
   forecasts); FSS at several scales (pysteps' ``fss`` accumulators). Only pixels valid in
   the observation and in the last input frame count; reflectivity is floored at 0 dBZ, so
   "no echo" compares as 0 dBZ.
-- **Baselines** on the same inputs: persistence (the last observed frame), extrapolation
-  (pysteps Lucas-Kanade motion + semi-Lagrangian advection of the last frame) and, when
-  asked, S-PROG (pysteps; the MSE-optimal benchmark pysteps recommends for networks).
+- **Methods**: any forecasters of the registry (:mod:`mimcast.pipeline.forecasters`), under
+  any labels: MIMNet checkpoints, persistence, extrapolation, S-PROG (the MSE-optimal
+  benchmark pysteps recommends for networks), ... All are scored on the same pixels.
 - **Hindcast** (:func:`hindcast`): every ``every``-th reference time in ``[start, end]`` whose
   inputs and targets are all observed; reference times run in parallel with dask (local
   threads, or a distributed scheduler address).
@@ -24,25 +24,24 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import io
-import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
-from pipeline.cube import VARIABLE
-from pipeline.products import MARSHALL_PALMER, ZR, dbz_to_rate
+from mimcast.pipeline.cube import VARIABLE, complete_windows
+from mimcast.pipeline.cube import observed as cube_observed
+from mimcast.pipeline.defaults import FLOOR_DBZ
+from mimcast.pipeline.forecasters import pysteps
+from mimcast.pipeline.zr import MARSHALL_PALMER, ZR, dbz_to_rate
 
 DBZ_THRESHOLDS = (20.0, 30.0, 40.0)
 RATE_THRESHOLDS = (0.5, 1.0, 5.0, 10.0)
 FSS_SCALES = (1, 5, 11, 21)  # window sizes in pixels
 CATEGORICAL = ("CSI", "POD", "FAR", "HSS", "ETS")
-METHODS = ("mimnet", "persistence", "extrapolation")
-FLOOR_DBZ = 0.0
 
 
 @dataclass(frozen=True)
@@ -53,34 +52,15 @@ class VerifyOptions:
     rate_thresholds: tuple[float, ...] = RATE_THRESHOLDS  # categorical thresholds, mm/h
     fss_scales: tuple[int, ...] = FSS_SCALES  # FSS window sizes, pixels
     fss_threshold_dbz: float = 30.0  # FSS event threshold
-    methods: tuple[str, ...] = METHODS  # any of mimnet, persistence, extrapolation, sprog
     zr: ZR = MARSHALL_PALMER  # for the rain-rate thresholds
-    motion_frames: int = 3  # input frames used by Lucas-Kanade
 
 
 # --------------------------------------------------------------------------------------------
 # accumulating scores
 
 
-#: redirect_stdout swaps the process-wide sys.stdout: threads must take turns around it
-_STDOUT_LOCK = threading.Lock()
-
-
-@functools.cache
-def _pysteps():
-    """Import pysteps once, without its banner on stdout."""
-    with _STDOUT_LOCK, contextlib.redirect_stdout(io.StringIO()):
-        import pysteps
-        import pysteps.extrapolation.semilagrangian
-        import pysteps.motion
-        import pysteps.nowcasts
-        import pysteps.verification.detcatscores
-        import pysteps.verification.spatialscores
-    return pysteps
-
-
 def _pysteps_verification():
-    verification = _pysteps().verification
+    verification = pysteps().verification
     return verification.detcatscores, verification.spatialscores
 
 
@@ -181,49 +161,6 @@ class Scores:
 
 
 # --------------------------------------------------------------------------------------------
-# baselines
-
-
-def persistence(inputs: np.ndarray, n_leads: int) -> np.ndarray:
-    """Repeat the last observed frame ``n_leads`` times."""
-    return np.repeat(inputs[-1:], n_leads, axis=0)
-
-
-def extrapolation(inputs: np.ndarray, n_leads: int, motion_frames: int = 3) -> np.ndarray:
-    """Lucas-Kanade motion from the last frames, semi-Lagrangian advection of the last one."""
-    motion, nowcasts = _pysteps().motion, _pysteps().nowcasts
-    field = np.nan_to_num(np.maximum(inputs[-motion_frames:], FLOOR_DBZ), nan=FLOOR_DBZ)
-    velocity = motion.get_method("LK")(field, verbose=False)
-    extrap = nowcasts.get_method("extrapolation")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        out = extrap(field[-1], velocity, n_leads, extrap_kwargs={"outval": FLOOR_DBZ})
-    return np.asarray(out, dtype=np.float32)
-
-
-def sprog(inputs: np.ndarray, n_leads: int, motion_frames: int = 3) -> np.ndarray:
-    """S-PROG (pysteps): cascade decomposition with scale-dependent AR(2) smoothing."""
-    motion, nowcasts = _pysteps().motion, _pysteps().nowcasts
-    field = np.nan_to_num(np.maximum(inputs[-motion_frames:], FLOOR_DBZ), nan=FLOOR_DBZ)
-    velocity = motion.get_method("LK")(field, verbose=False)
-    # S-PROG prints its configuration: silence it, one thread at a time
-    with _STDOUT_LOCK, warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        out = nowcasts.get_method("sprog")(
-            field, velocity, n_leads, precip_thr=10.0, n_cascade_levels=6,
-            measure_time=False, ar_order=2,
-        )  # fmt: skip
-    return np.nan_to_num(np.asarray(out, dtype=np.float32), nan=FLOOR_DBZ)
-
-
-BASELINES: dict[str, Callable[..., np.ndarray]] = {
-    "persistence": lambda inputs, n, k: persistence(inputs, n),
-    "extrapolation": extrapolation,
-    "sprog": sprog,
-}
-
-
-# --------------------------------------------------------------------------------------------
 # hindcast
 
 
@@ -237,16 +174,23 @@ def reference_times(
     every: int = 1,
 ) -> list[np.datetime64]:
     """Return reference times whose inputs and targets are all observed, at a stride."""
-    observed = cube["observed"].values if "observed" in cube else np.ones(cube.sizes["time"], bool)
+    if every < 1:
+        raise ValueError(f"every={every}: must be >= 1")
     times = cube.time.values
-    run = np.convolve(observed.astype(int), np.ones(n_inputs + n_leads, int), "valid")
-    ok = np.flatnonzero(run == n_inputs + n_leads) + n_inputs - 1  # index of the reference
+    ok = complete_windows(cube_observed(cube), n_inputs + n_leads) + n_inputs - 1  # references
     refs = times[ok]
     if start:
-        refs = refs[refs >= np.datetime64(start.replace("Z", ""), "ns")]
+        refs = refs[refs >= _iso(start, "start")]
     if end:
-        refs = refs[refs <= np.datetime64(end.replace("Z", ""), "ns")]
-    return list(refs[:: max(every, 1)])
+        refs = refs[refs <= _iso(end, "end")]
+    return list(refs[::every])
+
+
+def _iso(value: str, option: str) -> np.datetime64:
+    try:
+        return np.datetime64(value.replace("Z", ""), "ns")
+    except ValueError as err:
+        raise ValueError(f"--{option} {value!r}: not an ISO 8601 time") from err
 
 
 def score_reference(
@@ -255,27 +199,26 @@ def score_reference(
     n_inputs: int,
     n_leads: int,
     step: int,
-    model_forecast: Callable[[np.datetime64], np.ndarray] | None,
+    forecasters: Mapping[str, Callable[[np.ndarray, int], np.ndarray]],
     options: VerifyOptions,
 ) -> Scores:
-    """Score every method on one reference time; return its accumulators."""
+    """Score every forecaster on one reference time; return its accumulators.
+
+    Every method is scored on the same pixels: valid in the observation, in the last input
+    frame and in every method's forecast (a pixel one method calls unknown, such as echo
+    advected in from outside the grid, counts for none).
+    """
     index = int(np.flatnonzero(cube.time.values == reference)[0])
     block = cube[VARIABLE].isel(time=slice(index - n_inputs + 1, index + n_leads + 1)).values
     inputs, observed = block[:n_inputs], block[n_inputs:]
-    mask = np.isfinite(inputs[-1])
+    forecasts = {label: np.asarray(fc(inputs, n_leads)) for label, fc in forecasters.items()}
+    known = np.isfinite(inputs[-1])[None] & np.ones((n_leads, 1, 1), dtype=bool)
+    for fc in forecasts.values():
+        known &= np.isfinite(fc[:n_leads])
     scores = Scores(options)
-    forecasts: dict[str, np.ndarray] = {}
-    for method in options.methods:
-        if method == "mimnet":
-            if model_forecast is None:
-                continue
-            forecasts[method] = model_forecast(reference)
-        else:
-            forecasts[method] = BASELINES[method](inputs, n_leads, options.motion_frames)
-    for method, fc in forecasts.items():
+    for label, fc in forecasts.items():
         for k in range(n_leads):
-            f = np.where(mask, fc[k], np.nan)
-            scores.add(method, (k + 1) * step, f, observed[k])
+            scores.add(label, (k + 1) * step, np.where(known[k], fc[k], np.nan), observed[k])
     return scores
 
 
@@ -285,7 +228,7 @@ def hindcast(
     n_inputs: int,
     n_leads: int,
     step: int,
-    model_forecast: Callable[[np.datetime64], np.ndarray] | None,
+    forecasters: Mapping[str, Callable[[np.ndarray, int], np.ndarray]],
     options: VerifyOptions | None = None,
     *,
     scheduler: str | None = None,
@@ -302,7 +245,7 @@ def hindcast(
     if not refs:
         raise ValueError("no reference time with complete inputs and targets in the period")
     task = functools.partial(score_reference, cube, n_inputs=n_inputs, n_leads=n_leads,
-                             step=step, model_forecast=model_forecast, options=options)  # fmt: skip
+                             step=step, forecasters=dict(forecasters), options=options)  # fmt: skip
     tasks = [dask.delayed(task)(ref) for ref in refs]
     if scheduler and "://" in scheduler:
         from distributed import Client
@@ -341,7 +284,7 @@ def write_scores_csv(rows: list[dict[str, Any]], path) -> None:
 def markdown_report(rows: list[dict[str, Any]], *, title: str, notes: Sequence[str] = (),
                     images: Sequence[str] = ()) -> str:  # fmt: skip
     """Return a Markdown report: per-lead tables of the headline scores for every method."""
-    methods = sorted({r["method"] for r in rows}, key=lambda m: (m != "mimnet", m))
+    methods = sorted({r["method"] for r in rows}, key=lambda m: (not m.startswith("mimnet"), m))
     leads = sorted({r["lead_time"] for r in rows})
     n = max((r["n"] for r in rows), default=0)
     index = {(r["method"], r["lead_time"], r["metric"], r["threshold"]): r["value"] for r in rows}

@@ -11,8 +11,16 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from models.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
-from models.mimnet import MIMNet, MIMNetConfig
+from mimcast.models.checkpoint import (
+    CheckpointError,
+    InputConfig,
+    load_checkpoint,
+    open_checkpoint,
+    read_metadata,
+    save_checkpoint,
+)
+from mimcast.models.mimnet import MIMNet, MIMNetConfig
+from mimcast.pipeline.defaults import SHIPPED_CHECKPOINT as SHIPPED
 
 CONFIG = MIMNetConfig(
     input_length=3, output_length=2, num_layers=3, num_hidden=8, filter_size=3, patch_size=2,
@@ -24,7 +32,9 @@ CONFIG = MIMNetConfig(
 def saved(tmp_path):
     torch.manual_seed(1)
     model = MIMNet(CONFIG).eval()
-    path = save_checkpoint(model, tmp_path / "best.safetensors", extra={"step": 30})
+    path = save_checkpoint(
+        model, tmp_path / "best.safetensors", extra={"step": 30}, inputs=InputConfig(0.0, 70.0)
+    )
     return model, path
 
 
@@ -87,3 +97,37 @@ def test_other_format_versions_and_files_are_refused(saved, tmp_path):
     truncated.write_bytes(saved[1].read_bytes()[:100])
     with pytest.raises(CheckpointError):
         load_checkpoint(truncated)
+
+
+def test_inputs_travel_with_the_checkpoint(tmp_path):
+    model = MIMNet(CONFIG)
+    spec = InputConfig(-10.0, 60.0, frame="lagrangian", motion_frames=3, postprocess="pm")
+    path = save_checkpoint(model, tmp_path / "m.safetensors", inputs=spec)
+    ckpt = open_checkpoint(path)
+    assert ckpt.inputs == spec and ckpt.name == "MIMNet" and ckpt.format_version == "3"
+    with pytest.raises(TypeError):
+        save_checkpoint(model, tmp_path / "n.safetensors")  # no silent default normalisation
+
+
+def test_format_2_checkpoints_are_still_read_without_silent_defaults(saved):
+    _, path = saved
+    raw = dataclasses.asdict(CONFIG)
+    raw.pop("residual")  # format 2 predates it
+    _rewrite(path, format_version="2", config=json.dumps(raw),
+             extra=json.dumps({"step": 3, "dbz_min": 5.0, "dbz_max": 65.0}))  # fmt: skip
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    meta.pop("inputs")
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, str(path), metadata=meta)
+    ckpt = open_checkpoint(path)
+    assert ckpt.inputs == InputConfig(5.0, 65.0) and not ckpt.model.config.residual
+    _rewrite(path, extra=json.dumps({"step": 3}))
+    with pytest.raises(CheckpointError, match="normalisation is unknown"):
+        open_checkpoint(path)
+
+
+def test_shipped_checkpoint_opens_with_its_normalisation():
+    ckpt = open_checkpoint(SHIPPED)
+    assert ckpt.inputs.dbz_max > ckpt.inputs.dbz_min

@@ -9,14 +9,18 @@ import h5py
 import numpy as np
 import pytest
 
-from flows.cli import EXIT_USAGE, build_parser, main
+from mimcast.pipeline.cli import EXIT_USAGE, build_parser, main
 
 COMMANDS = sorted(build_parser()._subparsers._group_actions[0].choices)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     """Run the installed console script, as a user would."""
-    exe = [sys.executable, "-c", "import sys; from flows.cli import main; sys.exit(main())"]
+    exe = [
+        sys.executable,
+        "-c",
+        "import sys; from mimcast.pipeline.cli import main; sys.exit(main())",
+    ]
     return subprocess.run([*exe, *args], capture_output=True, text=True, timeout=120)
 
 

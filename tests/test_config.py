@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import ConfigError, from_mapping, load_toml, to_dict
-from pipeline.synthetic import StormCell, SyntheticConfig
+from mimcast.pipeline.config import ConfigError, from_mapping, load_toml, to_dict
+from mimcast.pipeline.synthetic import StormCell, SyntheticConfig
 
 
 def test_toml_fills_nested_dataclasses_and_tuples(tmp_path):

@@ -20,7 +20,7 @@ def test_demo_runs_end_to_end_and_reports_three_methods(tmp_path):
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)  # ephemeral mode, no server
     result = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "demo", "--out", str(out), "--frames", "40",
+        [sys.executable, "-m", "mimcast.pipeline.cli", "demo", "--out", str(out), "--frames", "40",
          "--size", "64", "--every", "20"],
         capture_output=True, text=True, cwd=REPO, env=env, timeout=600,
     )  # fmt: skip

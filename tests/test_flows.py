@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.checkpoint import save_checkpoint
-from models.mimnet import MIMNet, MIMNetConfig
-from pipeline.synthetic import SyntheticConfig, synthetic_cube, write_archive
+from mimcast.models.checkpoint import InputConfig, save_checkpoint
+from mimcast.models.mimnet import MIMNet, MIMNetConfig
+from mimcast.pipeline.synthetic import SyntheticConfig, synthetic_cube, write_archive
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = MIMNetConfig(input_length=4, output_length=3, num_layers=2, num_hidden=8, filter_size=3,
@@ -46,14 +46,16 @@ def assets(tmp_path_factory):
     holey["observed"] = ("time", observed)
     holey.to_zarr(root / "holey.zarr", consolidated=False)
     torch.manual_seed(0)
-    ckpt = save_checkpoint(MIMNet(TINY), root / "tiny.safetensors", extra={"step": 1})
+    ckpt = save_checkpoint(
+        MIMNet(TINY), root / "tiny.safetensors", extra={"step": 1}, inputs=InputConfig(0.0, 70.0)
+    )
     return root, ckpt
 
 
 def test_deployments_schedules_and_concurrency():
     from prefect.client.schemas.objects import ConcurrencyLimitStrategy
 
-    from flows.serve import deployments
+    from mimcast.flows.serve import deployments
 
     deps = {d.flow_name: d for d in deployments(interval_minutes=5)}
     assert set(deps) == {"ingest", "nowcast", "evaluate", "train"}
@@ -71,7 +73,7 @@ def test_deployments_schedules_and_concurrency():
 def test_nowcast_flow_writes_netcdf_and_artifacts(harness, assets):
     from prefect.client.orchestration import get_client
 
-    from flows.nowcast import nowcast_flow
+    from mimcast.flows.nowcast import nowcast_flow
 
     root, ckpt = assets
     result = nowcast_flow(cube=str(root / "cube.zarr"), out_dir=str(root / "out"),
@@ -90,7 +92,7 @@ def test_nowcast_flow_writes_netcdf_and_artifacts(harness, assets):
 
 
 def test_nowcast_flow_with_missing_inputs_ends_skipped_and_says_which(harness, assets):
-    from flows.nowcast import nowcast_flow
+    from mimcast.flows.nowcast import nowcast_flow
 
     root, ckpt = assets
     state = nowcast_flow(
@@ -103,7 +105,7 @@ def test_nowcast_flow_with_missing_inputs_ends_skipped_and_says_which(harness, a
 
 
 def test_ingest_flow_fans_out_scans_on_dask(harness, tmp_path):
-    from flows.ingest import ingest_flow
+    from mimcast.flows.ingest import ingest_flow
 
     archive = tmp_path / "incoming"
     write_archive(SyntheticConfig(height=32, width=40, frames=5, seed=2), archive)
@@ -116,7 +118,7 @@ def test_ingest_flow_fans_out_scans_on_dask(harness, tmp_path):
 
 
 def test_evaluate_flow_scores_every_reference_time(harness, assets):
-    from flows.evaluate import evaluate_flow
+    from mimcast.flows.evaluate import evaluate_flow
 
     root, ckpt = assets
     result = evaluate_flow(cube=str(root / "cube.zarr"), out_dir=str(root / "eval"),
@@ -178,7 +180,8 @@ def test_end_to_end_real_server_serve_and_deployment_run(assets, tmp_path):
             time.sleep(1)
         out = tmp_path / "nowcasts"
         serve = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "serve", "--cube", str(root / "cube.zarr"),
+            [sys.executable, "-m",
+            "mimcast.pipeline.cli", "serve", "--cube", str(root / "cube.zarr"),
              "--out", str(out), "--checkpoint", str(ckpt), "--no-schedule"],
             env=env, cwd=REPO, stdout=(logs / "serve.log").open("w"), stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -207,3 +210,35 @@ def test_end_to_end_real_server_serve_and_deployment_run(assets, tmp_path):
             _stop(serve)  # serve first, then the server, by PID
         _stop(server)
     assert server.poll() is not None and (serve is None or serve.poll() is not None)
+
+
+def test_nowcast_flow_falls_back_to_extrapolation_when_the_model_is_unusable(harness, assets):
+    from mimcast.flows.nowcast import nowcast_flow
+    from mimcast.pipeline.netcdf import read_nowcast
+
+    root, _ = assets
+    broken = root / "broken.safetensors"
+    broken.write_bytes(b"not a checkpoint")
+    result = nowcast_flow(cube=str(root / "cube.zarr"), out_dir=str(root / "fallback"),
+                          checkpoint=str(broken), plot=False)  # fmt: skip
+    assert result["method"] == "extrapolation"
+    with read_nowcast(result["netcdf"]) as ds:
+        assert "extrapolation" in ds.attrs["source"]
+        assert ds.sizes["time"] == 12  # the registry's default horizon for baselines
+
+
+def test_train_flow_trains_and_reports_its_checkpoints(harness, assets, tmp_path):
+    from mimcast.flows.train import train_flow
+
+    root, _ = assets
+    config = tmp_path / "tiny.toml"
+    config.write_text(
+        "[model]\nnum_layers = 2\nnum_hidden = 8\nfilter_size = 3\npatch_size = 4\n"
+        "[data]\ninput_length = 4\noutput_length = 3\npatch = 32\nstride = 16\n"
+        "min_coverage = 0.0\ntrain = 0.5\nval = 0.3\nbuffer = 0\n"
+        "[train]\nbatch_size = 2\nval_every = 2\nval_batches = 1\nbf16 = false\n"
+    )
+    result = train_flow(cubes=[str(root / "cube.zarr")], out_dir=str(tmp_path / "run"),
+                        config=str(config), max_steps=2)  # fmt: skip
+    assert result["step"] == 2 and Path(result["best"]).exists()
+    assert result["best_val_mse"] is not None and np.isfinite(result["best_val_mse"])

@@ -15,10 +15,17 @@ import h5py
 import numpy as np
 import pytest
 
-from flows.cli import EXIT_PARTIAL, main
-from pipeline.cube import validate_cube
-from pipeline.ingest import IngestError, IngestOptions, discover, ingest, open_cube, report_path
-from pipeline.synthetic import SyntheticConfig, synthetic_cube, write_archive
+from mimcast.pipeline.cli import EXIT_PARTIAL, main
+from mimcast.pipeline.cube import validate_cube
+from mimcast.pipeline.ingest import (
+    IngestError,
+    IngestOptions,
+    discover,
+    ingest,
+    open_cube,
+    report_path,
+)
+from mimcast.pipeline.synthetic import SyntheticConfig, synthetic_cube, write_archive
 
 CONFIG = SyntheticConfig(height=48, width=64, frames=8, seed=11)
 
@@ -226,8 +233,8 @@ MEMORY_SCRIPT = textwrap.dedent(
     import resource, shutil, sys
     from pathlib import Path
     import h5py, numpy as np
-    from pipeline.ingest import ingest, IngestOptions
-    from pipeline.synthetic import SyntheticConfig, write_archive
+    from mimcast.pipeline.ingest import ingest, IngestOptions
+    from mimcast.pipeline.synthetic import SyntheticConfig, write_archive
     n, out = int(sys.argv[1]), Path(sys.argv[2])
     src = write_archive(SyntheticConfig(height=512, width=512, frames=1, seed=5), out / "seed")[0]
     arch = out / "archive"
@@ -291,3 +298,31 @@ def test_good_files_plus_a_truncated_one(radar_samples, tmp_path):
     assert report.new_frames == 4 and report.status == "partial"
     assert [s["file"] for s in report.skipped] == [str(victim)]
     assert report.gaps == ["2021-07-04T16:00:00"]
+
+
+def test_a_file_off_the_time_grid_is_skipped_and_named(archive, tmp_path):
+    import shutil
+
+    first = sorted(archive.iterdir())
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    for path in first:
+        shutil.copy(path, odd / path.name)
+    # a frame 2 minutes after the first one: same grid, off the 5-minute time grid
+    (off,) = write_archive(dataclasses.replace(CONFIG, frames=1, start="2024-07-01T12:02"),
+                           tmp_path / "off")  # fmt: skip
+    shutil.copy(off, odd / off.name)
+    report = ingest([odd], tmp_path / "c.zarr", IngestOptions(step_minutes=5), progress=False)
+    reasons = {Path(s["file"]).name: s["reason"] for s in report.skipped}
+    assert "not on the 5-minute grid" in reasons[off.name]
+    assert report.new_frames == CONFIG.frames
+
+
+def test_frames_before_the_cube_are_refused_with_the_times(archive, tmp_path):
+    files = sorted(archive.iterdir())
+    store = tmp_path / "c.zarr"
+    ingest(files[4:], store, IngestOptions(), progress=False)
+    before = _store_state(store)
+    with pytest.raises(IngestError, match="before the cube's first frame"):
+        ingest(files[:2], store, IngestOptions(), progress=False)
+    assert _store_state(store) == before  # nothing written

@@ -18,13 +18,21 @@ import pytest
 import torch
 import xarray as xr
 
-from models.checkpoint import load_checkpoint, save_checkpoint
-from models.mimnet import MIMNet, MIMNetConfig
-from pipeline.cube import NO_ECHO_DBZ, cube_crs
-from pipeline.netcdf import read_nowcast, write_nowcast
-from pipeline.nowcast import NowcastError, NowcastOptions, input_times, nowcast, predict
-from pipeline.products import ZR, accumulate, dbz_to_rate, rate_to_dbz
-from pipeline.synthetic import SyntheticConfig, synthetic_cube
+from mimcast.models.checkpoint import InputConfig, load_checkpoint, save_checkpoint
+from mimcast.models.mimnet import MIMNet, MIMNetConfig
+from mimcast.pipeline.cube import NO_ECHO_DBZ, cube_crs
+from mimcast.pipeline.forecasters import MIMNetForecaster
+from mimcast.pipeline.netcdf import read_nowcast, write_nowcast
+from mimcast.pipeline.nowcast import (
+    NowcastError,
+    NowcastOptions,
+    TileOptions,
+    input_times,
+    nowcast,
+    predict,
+)
+from mimcast.pipeline.products import ZR, accumulate, dbz_to_rate, rate_to_dbz
+from mimcast.pipeline.synthetic import SyntheticConfig, synthetic_cube
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "data" / "mimnet_synthetic.safetensors"
@@ -47,7 +55,7 @@ def model():
 @pytest.fixture(scope="module")
 def written(cube, model, tmp_path_factory):
     out = tmp_path_factory.mktemp("nowcast")
-    forecast = nowcast(cube, model, NowcastOptions(), source="syn")
+    forecast = nowcast(cube, MIMNetForecaster.from_model(model), NowcastOptions(), source="syn")
     return forecast, write_nowcast(forecast, out, source="syn", checkpoint="tiny")
 
 
@@ -84,11 +92,11 @@ def test_missing_inputs_raise_a_clear_error(cube, model):
     observed[8] = False
     holey["observed"] = ("time", observed)
     with pytest.raises(NowcastError, match=r"input frames 2024-07-01T12:40 are missing or gaps"):
-        nowcast(holey, model, NowcastOptions(time="2024-07-01T12:45"))
+        nowcast(holey, MIMNetForecaster.from_model(model), NowcastOptions(time="2024-07-01T12:45"))
     # 'latest' falls back to the last reference time with complete inputs
     assert str(input_times(holey, 4, "latest")[-1]) == "2024-07-01T12:35"
     with pytest.raises(NowcastError, match="outside the cube"):
-        nowcast(cube, model, NowcastOptions(time="2024-07-02T00:00"))
+        nowcast(cube, MIMNetForecaster.from_model(model), NowcastOptions(time="2024-07-02T00:00"))
 
 
 def test_xarray_reopens_with_decoded_times_and_crs(written, cube):
@@ -155,7 +163,7 @@ def test_cf_checker_reports_no_errors(written):
 WRITER = textwrap.dedent(
     """
     import sys, numpy as np, xarray as xr
-    from pipeline.netcdf import write_nowcast
+    from mimcast.pipeline.netcdf import write_nowcast
     small = xr.open_dataset(sys.argv[1]).load()
     nt, ny, nx = 24, 1000, 1200
     x = small.x.values[0] + 1000.0 * np.arange(nx)
@@ -208,15 +216,15 @@ def test_tiled_inference_matches_untiled_with_the_shipped_model():
     model, _ = load_checkpoint(SHIPPED)
     cube = synthetic_cube(SyntheticConfig(height=160, width=192, frames=model.config.input_length,
                                           seed=12))  # fmt: skip
-    from pipeline.sequences import Normalizer
+    from mimcast.pipeline.sequences import Normalizer
 
     x, _ = Normalizer().normalize(cube.reflectivity.values)
-    whole = predict(model, x, NowcastOptions())
-    tiled = predict(model, x, NowcastOptions(max_pixels=64 * 64, tile=96, overlap=48))
+    whole = predict(model, x, TileOptions())
+    tiled = predict(model, x, TileOptions(max_pixels=64 * 64, tile=96, overlap=48))
     diff = np.abs(tiled - whole) * 70  # in dBZ
     # the recurrent receptive field spans more than any overlap, so not bit-equal, but close
     assert diff.mean() < 0.5 and np.percentile(diff, 99) < 10.0, (diff.mean(), diff.max())
-    no_overlap = predict(model, x, NowcastOptions(max_pixels=64 * 64, tile=96, overlap=0))
+    no_overlap = predict(model, x, TileOptions(max_pixels=64 * 64, tile=96, overlap=0))
     seams = np.abs(no_overlap - whole) * 70
     # blending removes the worst seam errors
     assert np.percentile(diff, 99.9) < 0.8 * np.percentile(seams, 99.9)
@@ -224,11 +232,11 @@ def test_tiled_inference_matches_untiled_with_the_shipped_model():
 
 
 def test_tiling_covers_the_grid_with_a_tiny_model(cube, model):
-    from pipeline.sequences import Normalizer
+    from mimcast.pipeline.sequences import Normalizer
 
     x, _ = Normalizer().normalize(cube.reflectivity.values[:4])
-    whole = predict(model, x, NowcastOptions())
-    tiled = predict(model, x, NowcastOptions(max_pixels=100, tile=48, overlap=16))
+    whole = predict(model, x, TileOptions())
+    tiled = predict(model, x, TileOptions(max_pixels=100, tile=48, overlap=16))
     assert tiled.shape == whole.shape and np.isfinite(tiled).all()
     assert np.abs(tiled - whole).mean() < 0.05
 
@@ -236,7 +244,7 @@ def test_tiling_covers_the_grid_with_a_tiny_model(cube, model):
 def test_quicklook_png_and_animation_are_drawn(written, tmp_path):
     from PIL import Image
 
-    from pipeline.plots import DBZ_CMAP, DBZ_NORM, animation, quicklook
+    from mimcast.pipeline.plots import DBZ_CMAP, DBZ_NORM, animation, quicklook
 
     forecast, _ = written
     strong = forecast.copy()
@@ -256,11 +264,13 @@ def test_quicklook_png_and_animation_are_drawn(written, tmp_path):
 
 
 def test_cli_nowcast_with_a_checkpoint(cube, model, tmp_path):
-    from flows.cli import main
+    from mimcast.pipeline.cli import main
 
     store = tmp_path / "c.zarr"
     cube.to_zarr(store, consolidated=False)
-    ckpt = save_checkpoint(model, tmp_path / "tiny.safetensors", extra={"step": 3})
+    ckpt = save_checkpoint(
+        model, tmp_path / "tiny.safetensors", extra={"step": 3}, inputs=InputConfig(0.0, 70.0)
+    )
     code = main(["nowcast", str(store), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"),
                  "--plot", "--leads", "5", "15"])  # fmt: skip
     assert code == 0
@@ -268,3 +278,18 @@ def test_cli_nowcast_with_a_checkpoint(cube, model, tmp_path):
     stem = "nowcast_c_202407011245"
     assert names == [f"{stem}.gif", f"{stem}.nc", f"{stem}_005min.png", f"{stem}_015min.png"]
     assert dataclasses.asdict(load_checkpoint(ckpt)[0].config) == dataclasses.asdict(TINY)
+
+
+def test_products_use_the_z_r_relation_of_the_cube(cube):
+    from mimcast.pipeline.forecasters import get_forecaster
+
+    tagged = cube.copy()
+    tagged["reflectivity"].attrs.update(zr_a=300.0, zr_b=1.4)
+    forecast = nowcast(tagged, get_forecaster("persistence"), NowcastOptions(leads=2))
+    dbz = forecast.reflectivity.values
+    expected = dbz_to_rate(dbz, ZR(300.0, 1.4), 10.0)
+    np.testing.assert_allclose(forecast.rainfall_rate.values, expected, rtol=1e-5)
+    marshall = dbz_to_rate(dbz, ZR(200.0, 1.6), 10.0)
+    rain = np.nan_to_num(expected) > 1
+    assert not np.allclose(expected[rain], marshall[rain])
+    assert forecast.rainfall_rate.attrs["zr_a"] == 300.0

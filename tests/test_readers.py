@@ -12,8 +12,8 @@ import numpy as np
 import pyproj
 import pytest
 
-from pipeline.cube import NO_ECHO_DBZ, cube_crs, validate_cube
-from pipeline.readers import (
+from mimcast.pipeline.cube import NO_ECHO_DBZ, cube_crs, validate_cube
+from mimcast.pipeline.readers import (
     MARSHALL_PALMER,
     ZR,
     ReaderError,
@@ -24,7 +24,7 @@ from pipeline.readers import (
     rate_to_dbz,
     read,
 )
-from pipeline.readers.mch_gif import code_to_rate
+from mimcast.pipeline.readers.mch_gif import code_to_rate
 
 pytestmark = pytest.mark.real_data
 KM = 1000.0
@@ -219,7 +219,7 @@ def test_knmi_calibration_and_corners(radar_samples):
 
 
 def test_fmi_pgm_values_pixel_size_and_time(radar_samples):
-    from pipeline.readers.fmi_pgm import read_header
+    from mimcast.pipeline.readers.fmi_pgm import read_header
 
     path = radar_samples / SAMPLES["fmi-pgm"]
     ds = read(path, "fmi-pgm")

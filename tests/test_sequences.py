@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.sequences import (
+from mimcast.pipeline.cube import complete_windows
+from mimcast.pipeline.sequences import (
     Normalizer,
     RadarSequenceDataset,
     SequenceConfig,
     patch_origins,
     split_ranges,
     split_starts,
-    valid_starts,
 )
-from pipeline.synthetic import SyntheticConfig, synthetic_cube
+from mimcast.pipeline.synthetic import SyntheticConfig, synthetic_cube
 
 
 def test_normalizer_clips_scales_and_masks_nodata():
@@ -31,14 +31,14 @@ def test_normalizer_clips_scales_and_masks_nodata():
 def test_windows_never_cross_gaps():
     observed = np.ones(30, dtype=bool)
     observed[[7, 20]] = False
-    starts = valid_starts(observed, 5)
+    starts = complete_windows(observed, 5)
     for s in starts:
         assert observed[s : s + 5].all()
     # every gap-free window is found
     expected = [s for s in range(26) if observed[s : s + 5].all()]
     assert starts.tolist() == expected
-    assert valid_starts(observed, 5, stride=2).tolist() == [s for s in expected if s % 2 == 0]
-    assert valid_starts(observed[:3], 5).size == 0
+    assert complete_windows(observed, 5, stride=2).tolist() == [s for s in expected if s % 2 == 0]
+    assert complete_windows(observed[:3], 5).size == 0
 
 
 def test_splits_are_chronological_disjoint_and_buffered():

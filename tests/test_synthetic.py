@@ -9,8 +9,8 @@ import numpy as np
 import pyproj
 import pytest
 
-from pipeline.cube import NO_ECHO_DBZ, validate_cube
-from pipeline.synthetic import (
+from mimcast.pipeline.cube import NO_ECHO_DBZ, validate_cube
+from mimcast.pipeline.synthetic import (
     StormCell,
     SyntheticConfig,
     coverage_mask,

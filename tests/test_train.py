@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import signal
@@ -14,14 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from flows.jobs import load_run_config, run_training
-from models.checkpoint import load_checkpoint
-from models.mimnet import MIMNet
-from models.train import EpochSampler, masked_loss, read_metrics, validate
-from pipeline.config import ConfigError
-from pipeline.ingest import ingest
-from pipeline.sequences import RadarSequenceDataset
-from pipeline.synthetic import SyntheticConfig, write_archive
+from mimcast.models.checkpoint import load_checkpoint
+from mimcast.models.mimnet import MIMNet
+from mimcast.models.train import EpochSampler, masked_loss, read_metrics, validate
+from mimcast.pipeline.config import ConfigError
+from mimcast.pipeline.ingest import ingest
+from mimcast.pipeline.sequences import RadarSequenceDataset
+from mimcast.pipeline.synthetic import SyntheticConfig, write_archive
+from mimcast.pipeline.training import load_run_config, run_training
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -129,7 +130,8 @@ def test_fifty_steps_lower_the_validation_mse(cube, config_file, tmp_path):
 
 
 def _train_cmd(cube, config_file, out, steps):
-    return [sys.executable, "-m", "flows.cli", "train", str(cube), "--config", str(config_file),
+    return [sys.executable, "-m",
+            "mimcast.pipeline.cli", "train", str(cube), "--config", str(config_file),
             "--out", str(out), "--max-steps", str(steps), "--quiet"]  # fmt: skip
 
 
@@ -175,7 +177,8 @@ def test_killed_run_resumes_to_the_same_weights(cube, config_file, tmp_path):
 def test_torchrun_two_processes_on_cpu(cube, config_file, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--standalone", "-m", "flows.cli", "train", str(cube), "--config",
+           "--standalone", "-m",
+            "mimcast.pipeline.cli", "train", str(cube), "--config",
            str(config_file), "--out", str(out), "--max-steps", "6", "--quiet"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO, timeout=600)
@@ -197,3 +200,54 @@ def test_training_refuses_a_cube_without_validation_windows(cube, config_file, t
     short = dataclasses.replace(config, data=dataclasses.replace(config.data, val=0.01))
     with pytest.raises(ValueError, match="no validation windows"):
         run_training([cube], tmp_path / "run", short, progress=False)
+
+
+def test_balanced_weights_grow_with_rain_rate():
+    from mimcast.models.train import balanced_weights
+    from mimcast.pipeline.zr import MARSHALL_PALMER, rate_to_dbz
+
+    rates = torch.tensor([0.1, 1.0, 3.0, 7.0, 20.0, 50.0])
+    dbz = torch.from_numpy(rate_to_dbz(rates.numpy(), MARSHALL_PALMER))
+    assert balanced_weights(dbz).tolist() == [1.0, 2.0, 5.0, 10.0, 30.0, 30.0]
+
+
+def test_balanced_loss_weights_heavy_rain_errors_more():
+    from mimcast.models.train import balanced_weights
+
+    target = torch.tensor([[0.1, 0.8]])  # normalised: 7 dBZ and 56 dBZ
+    valid = torch.ones_like(target)
+    weights = balanced_weights(target * 70)
+    light = masked_loss(torch.tensor([[0.2, 0.8]]), target, valid, weights)
+    heavy = masked_loss(torch.tensor([[0.1, 0.7]]), target, valid, weights)
+    assert heavy > 10 * light  # the same error costs more where it rains hard
+
+
+def test_learning_rate_warms_up_then_decays_to_the_floor():
+    from mimcast.models.train import TrainConfig, lr_factor
+
+    config = TrainConfig(max_steps=100, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_factor(0, config) == pytest.approx(0.1)
+    assert lr_factor(9, config) == pytest.approx(1.0)
+    assert lr_factor(55, config) == pytest.approx(0.55)  # half-way down the cosine
+    assert lr_factor(100, config) == pytest.approx(0.1)
+    factors = [lr_factor(s, config) for s in range(10, 101)]
+    assert all(a >= b for a, b in itertools.pairwise(factors))
+
+
+def test_sampling_masks_follow_their_schedules():
+    from mimcast.models.mimnet import MIMNetConfig
+    from mimcast.models.train import TrainConfig, sampling_mask
+
+    model = MIMNetConfig(input_length=4, output_length=6)
+    gen = torch.Generator().manual_seed(0)
+    plain = TrainConfig(ss_stop_step=100)
+    start = sampling_mask(0, 256, model, plain, gen)
+    assert start.shape == (256, 8) and start[:, :3].eq(1).all() and start[:, 3:].eq(1).all()
+    assert sampling_mask(50, 4096, model, plain, gen)[:, 3:].mean().item() == pytest.approx(
+        0.5, abs=0.03
+    )
+    assert sampling_mask(100, 256, model, plain, gen)[:, 3:].eq(0).all()  # own predictions
+    reverse = TrainConfig(reverse_ss=True, reverse_ss_steps=100, ss_stop_step=100)
+    early = sampling_mask(0, 4096, model, reverse, gen)[:, :3].mean().item()
+    assert early == pytest.approx(0.5, abs=0.03)  # half the observed frames replaced
+    assert sampling_mask(100, 256, model, reverse, gen)[:, :3].eq(1).all()

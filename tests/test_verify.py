@@ -8,17 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from models.checkpoint import save_checkpoint
-from models.mimnet import MIMNet, MIMNetConfig
-from pipeline.synthetic import SyntheticConfig, synthetic_cube
-from pipeline.verify import (
-    Scores,
-    VerifyOptions,
-    extrapolation,
-    hindcast,
-    persistence,
-    reference_times,
-)
+from mimcast.models.checkpoint import InputConfig, save_checkpoint
+from mimcast.models.mimnet import MIMNet, MIMNetConfig
+from mimcast.pipeline.forecasters import get_forecaster, list_forecasters
+from mimcast.pipeline.synthetic import SyntheticConfig, synthetic_cube
+from mimcast.pipeline.verify import Scores, VerifyOptions, hindcast, reference_times
 
 
 def _rows(scores, method="m", lead=5):
@@ -75,7 +69,9 @@ def test_nan_regions_are_excluded():
     scores.add("m", 5, fc, obs)
     rows = _rows(scores)
     assert rows[("MSE", "")] == 0.0 and rows[("CSI", "20 dBZ")] == 1.0
-    assert rows[("FAR", "40 dBZ")] != rows[("FAR", "40 dBZ")] or rows[("FAR", "40 dBZ")] == 0
+    # no valid pixel forecasts >= 40 dBZ: FAR is 0/0 (the 70 dBZ in the no-data half would
+    # make it 1 if no-data pixels counted)
+    assert np.isnan(rows[("FAR", "40 dBZ")])
 
 
 def test_merge_equals_accumulating_in_one_place():
@@ -104,8 +100,8 @@ def advection_cube():
 def test_extrapolation_beats_persistence_on_pure_advection(advection_cube):
     refs = reference_times(advection_cube, 4, 8, every=4)
     assert len(refs) >= 4
-    scores = hindcast(advection_cube, refs, 4, 8, 5, None,
-                      VerifyOptions(methods=("persistence", "extrapolation")))  # fmt: skip
+    methods = {name: get_forecaster(name) for name in ("persistence", "extrapolation", "sprog")}
+    scores = hindcast(advection_cube, refs, 4, 8, 5, methods, VerifyOptions())
     mse = {
         (r["method"], r["lead_time"]): r["value"] for r in scores.table() if r["metric"] == "MSE"
     }
@@ -114,27 +110,39 @@ def test_extrapolation_beats_persistence_on_pure_advection(advection_cube):
     for lead in range(15, 45, 5):
         assert mse[("extrapolation", lead)] < mse[("persistence", lead)], lead
         assert csi[("extrapolation", lead)] > csi[("persistence", lead)], lead
+        # S-PROG smooths the small scales it cannot predict: lower MSE than persistence too
+        assert mse[("sprog", lead)] < mse[("persistence", lead)], lead
 
 
-def test_baselines_shapes():
+def test_forecasters_share_one_signature():
+    assert {"mimnet", "persistence", "extrapolation", "sprog"} <= set(list_forecasters())
     inputs = np.random.default_rng(2).random((4, 32, 32)).astype(np.float32) * 40
-    assert persistence(inputs, 6).shape == (6, 32, 32)
+    inputs[-1, :3] = np.nan  # outside the coverage of the last frame
+    persistence = get_forecaster("persistence")
     np.testing.assert_array_equal(persistence(inputs, 2)[1], inputs[-1])
-    assert extrapolation(inputs, 6).shape == (6, 32, 32)
+    for name in ("extrapolation", "sprog"):
+        out = get_forecaster(name)(inputs, 6)
+        assert out.shape == (6, 32, 32) and out.dtype == np.float32
+        assert np.isnan(out[:, :3]).all() and np.isfinite(out[:, 10:20, 10:20]).all()
+    with pytest.raises(ValueError, match=r"unknown forecast method 'nope'; known: .*persistence"):
+        get_forecaster("nope")
 
 
 def test_evaluate_writes_scores_report_and_plots(advection_cube, tmp_path):
-    from flows.cli import main
+    from mimcast.pipeline.cli import main
 
     store = tmp_path / "c.zarr"
     advection_cube.assign_attrs(time_step_minutes=5).to_zarr(store, consolidated=False)
     torch.manual_seed(0)
     tiny = MIMNet(MIMNetConfig(input_length=4, output_length=6, num_layers=2, num_hidden=8,
                                filter_size=3, patch_size=4))  # fmt: skip
-    ckpt = save_checkpoint(tiny, tmp_path / "tiny.safetensors", extra={"step": 0})
+    ckpt = save_checkpoint(
+        tiny, tmp_path / "tiny.safetensors", extra={"step": 0}, inputs=InputConfig(0.0, 70.0)
+    )
     out = tmp_path / "eval"
     code = main(["evaluate", str(store), "--checkpoint", str(ckpt), "--out", str(out),
-                 "--every", "5", "--quiet"])  # fmt: skip
+                 "--every", "5", "--quiet", "--methods", "mimnet", "persistence",
+                 "extrapolation"])  # fmt: skip
     assert code == 0
     with (out / "scores.csv").open() as fh:
         rows = list(csv.DictReader(fh))
@@ -149,3 +157,48 @@ def test_evaluate_writes_scores_report_and_plots(advection_cube, tmp_path):
         assert word in report
     for name in ("skill_csi.png", "skill_mse.png", "examples.png"):
         assert (out / name).stat().st_size > 5000
+
+
+def test_hindcast_on_a_real_dask_cluster_matches_local_threads(advection_cube, tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    bin_dir = Path(sys.executable).parent
+    scheduler = [bin_dir / "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                 "--no-dashboard"]  # fmt: skip
+    procs = [subprocess.Popen(scheduler, stderr=subprocess.DEVNULL)]
+    try:
+        procs.append(subprocess.Popen([bin_dir / "dask", "worker", address, "--nthreads", "1",
+                                       "--no-dashboard"], stderr=subprocess.DEVNULL))  # fmt: skip
+        from distributed import Client
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with Client(address, timeout=5) as client:
+                    if client.scheduler_info()["workers"]:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the dask cluster did not come up"
+            time.sleep(0.5)
+        refs = reference_times(advection_cube, 4, 3, every=8)
+        methods = {"persistence": get_forecaster("persistence")}
+        remote = hindcast(advection_cube, refs, 4, 3, 5, methods, scheduler=address)
+        local = hindcast(advection_cube, refs, 4, 3, 5, methods)
+        for a, b in zip(remote.table(), local.table(), strict=True):
+            assert (a["method"], a["lead_time"], a["metric"], a["threshold"]) == (
+                b["method"], b["lead_time"], b["metric"], b["threshold"])  # fmt: skip
+            assert a["value"] == pytest.approx(b["value"], nan_ok=True)
+        assert {r["n"] for r in remote.table()} == {len(refs)}
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            proc.wait(timeout=30)

@@ -1,31 +1,49 @@
-"""Radar readers: one module per archive format behind a registry.
+"""Radar readers: one module per archive format, each owning its decoding and its detection.
 
-``read_<format>(path) -> xr.Dataset`` returns one time step under the cube contract.
-:func:`get_reader` maps a format name to its reader (an unknown name raises ``ValueError``
-listing the known ones), :func:`detect_format` recognises a file by its content (magic
-bytes and structure, not the extension), and :func:`read` does both.
+A reader module has ``read_<format>(path, *, zr=...) -> xr.Dataset`` (one time step under the
+cube contract) and ``guess_can_open(head, path) -> bool`` (``head``: the first 64 bytes,
+after gunzipping a gzip file), as xarray's backends do. :func:`get_reader` maps a format
+name to its reader (an unknown name raises ``ValueError`` listing the known ones),
+:func:`detect_format` asks each reader in turn whether it can open a file (by content, never
+by extension), and :func:`read` does both.
+
+Another package adds a format without editing mimcast through the ``mimcast.readers`` entry
+point group: the entry point names a module (or object) with ``read`` and ``guess_can_open``.
+Plugins are asked before the built-in readers.
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
 from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import xarray as xr
 
-from pipeline.readers.cf_netcdf import read_cf_netcdf
-from pipeline.readers.common import MARSHALL_PALMER, ZR, ReaderError, dbz_to_rate, rate_to_dbz
-from pipeline.readers.fmi_pgm import read_fmi_pgm
-from pipeline.readers.knmi_hdf5 import read_knmi_hdf5
-from pipeline.readers.mch_gif import read_mch_gif
-from pipeline.readers.mrms_grib2 import read_mrms_grib2
-from pipeline.readers.odim import read_odim
-from pipeline.readers.radolan import read_radolan
+from mimcast.pipeline.readers import (
+    cf_netcdf,
+    fmi_pgm,
+    knmi_hdf5,
+    mch_gif,
+    mrms_grib2,
+    odim,
+    radolan,
+)
+from mimcast.pipeline.readers.common import (
+    MARSHALL_PALMER,
+    ZR,
+    ReaderError,
+    dbz_to_rate,
+    rate_to_dbz,
+)
 
 __all__ = [
     "MARSHALL_PALMER",
     "ZR",
+    "Reader",
     "ReaderError",
     "dbz_to_rate",
     "detect_format",
@@ -35,47 +53,50 @@ __all__ = [
     "read",
 ]
 
-_READERS: dict[str, Callable[..., xr.Dataset]] = {
-    "odim": read_odim,
-    "cf-netcdf": read_cf_netcdf,
-    "mrms-grib2": read_mrms_grib2,
-    "radolan": read_radolan,
-    "knmi-hdf5": read_knmi_hdf5,
-    "fmi-pgm": read_fmi_pgm,
-    "mch-gif": read_mch_gif,
-}
-HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+@dataclass(frozen=True)
+class Reader:
+    """A format: its decoder and its detector."""
+
+    name: str
+    read: Callable[..., xr.Dataset]
+    guess_can_open: Callable[[bytes, Path], bool]
+
+
+# detection order: the specific HDF5 layouts before NetCDF4, which claims any HDF5 left
+_BUILTIN = (
+    Reader("odim", odim.read_odim, odim.guess_can_open),
+    Reader("knmi-hdf5", knmi_hdf5.read_knmi_hdf5, knmi_hdf5.guess_can_open),
+    Reader("cf-netcdf", cf_netcdf.read_cf_netcdf, cf_netcdf.guess_can_open),
+    Reader("mrms-grib2", mrms_grib2.read_mrms_grib2, mrms_grib2.guess_can_open),
+    Reader("radolan", radolan.read_radolan, radolan.guess_can_open),
+    Reader("fmi-pgm", fmi_pgm.read_fmi_pgm, fmi_pgm.guess_can_open),
+    Reader("mch-gif", mch_gif.read_mch_gif, mch_gif.guess_can_open),
+)
+
+
+@functools.cache
+def _readers() -> tuple[Reader, ...]:
+    plugins = []
+    for ep in entry_points(group="mimcast.readers"):
+        obj = ep.load()
+        plugins.append(Reader(ep.name, obj.read, obj.guess_can_open))
+    return (*plugins, *_BUILTIN)
 
 
 def list_readers() -> list[str]:
     """Return the known format names."""
-    return sorted(_READERS)
+    return sorted(r.name for r in _readers())
 
 
 def get_reader(name: str) -> Callable[..., xr.Dataset]:
     """Return the reader for format ``name``; an unknown name raises ``ValueError``."""
-    try:
-        return _READERS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown radar format {name!r}; known formats: {', '.join(list_readers())} (or 'auto')"
-        ) from None
-
-
-def _hdf5_kind(path: Path) -> str:
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            if "Conventions" in f.attrs and b"ODIM" in bytes(f.attrs["Conventions"]):
-                return "odim"
-            if "what" in f and "where" in f and "dataset1" in f:
-                return "odim"
-            if "overview" in f and "image1" in f:
-                return "knmi-hdf5"
-            return "cf-netcdf"  # NetCDF4 is HDF5 underneath
-    except OSError as err:
-        raise ReaderError(path, f"HDF5 file unreadable (truncated or corrupt?): {err}") from err
+    for reader in _readers():
+        if reader.name == name:
+            return reader.read
+    raise ValueError(
+        f"unknown radar format {name!r}; known formats: {', '.join(list_readers())} (or 'auto')"
+    )
 
 
 def detect_format(path: str | Path) -> str:
@@ -94,30 +115,21 @@ def detect_format(path: str | Path) -> str:
         raise ReaderError(path, f"cannot open ({err})") from err
     if not head:
         raise ReaderError(path, "empty file")
-    if head[:2] == b"\x1f\x8b":
+    gzipped = head[:2] == b"\x1f\x8b"
+    if gzipped:
         try:
             with gzip.open(path, "rb") as fh:
                 head = fh.read(64)
         except (OSError, EOFError) as err:
             raise ReaderError(path, f"gzip stream unreadable ({err})") from err
-        if head.startswith(b"P5"):
-            return "fmi-pgm"
-        if len(head) > 17 and head[2:8].isdigit() and head[8:13] == b"10000":
-            return "radolan"
-        raise ReaderError(path, "unknown format: gzip content is neither RADOLAN nor PGM")
-    if head.startswith(HDF5_MAGIC):
-        return _hdf5_kind(path)
-    if head.startswith((b"CDF\x01", b"CDF\x02", b"CDF\x05")):
-        return "cf-netcdf"
-    if head.startswith(b"GRIB"):
-        return "mrms-grib2"
-    if head.startswith((b"GIF87a", b"GIF89a")):
-        return "mch-gif"
-    if head.startswith(b"P5"):
-        return "fmi-pgm"
-    if len(head) > 17 and head[2:8].isdigit() and head[8:13] == b"10000":
-        return "radolan"
-    raise ReaderError(path, f"unknown format (first bytes {head[:8]!r})")
+    for reader in _readers():
+        try:
+            if reader.guess_can_open(head, path):
+                return reader.name
+        except OSError as err:  # a damaged container: say so rather than "unknown"
+            raise ReaderError(path, f"file unreadable (truncated or corrupt?): {err}") from err
+    what = "gzip content" if gzipped else "first bytes"
+    raise ReaderError(path, f"unknown format ({what} {head[:8]!r})")
 
 
 def read(path: str | Path, format: str = "auto", *, zr: ZR = MARSHALL_PALMER) -> xr.Dataset:

@@ -20,7 +20,14 @@ import numpy as np
 import pyproj
 import xarray as xr
 
-from pipeline.readers.common import MARSHALL_PALMER, ZR, ReaderError, frame, rate_to_dbz
+from mimcast.pipeline.readers.common import (
+    HDF5_MAGIC,
+    MARSHALL_PALMER,
+    ZR,
+    ReaderError,
+    frame,
+    rate_to_dbz,
+)
 
 ACCUMULATIONS = ("precipitation_amount", "thickness_of_rainfall_amount", "rainfall_amount")
 _SCALE = {"m": 1.0, "meter": 1.0, "metre": 1.0, "meters": 1.0, "km": 1000.0, "kilometer": 1000.0}
@@ -122,3 +129,8 @@ def read_cf_netcdf(path: str | Path, *, zr: ZR = MARSHALL_PALMER) -> xr.Dataset:
         path, rate_to_dbz(rate, zr), time, x, y, crs, quantity=quantity,
         units=units or "mm", zr=zr, accumulation_minutes=minutes, institution=institution,
     )  # fmt: skip
+
+
+def guess_can_open(head: bytes, path: Path) -> bool:
+    """NetCDF classic/64-bit, or NetCDF4 (any HDF5 that no more specific reader claimed)."""
+    return head.startswith((b"CDF\x01", b"CDF\x02", b"CDF\x05", HDF5_MAGIC))

@@ -16,8 +16,8 @@ import numpy as np
 import pyproj
 import xarray as xr
 
-from pipeline.cube import VARIABLE, build_cube
-from pipeline.products import MARSHALL_PALMER, ZR, dbz_to_rate, rate_to_dbz
+from mimcast.pipeline.cube import VARIABLE, build_cube
+from mimcast.pipeline.zr import MARSHALL_PALMER, ZR, dbz_to_rate, rate_to_dbz
 
 __all__ = [
     "MARSHALL_PALMER",
@@ -30,6 +30,10 @@ __all__ = [
     "rate_to_dbz",
     "text",
 ]
+
+
+#: The first bytes of every HDF5 file (ODIM_H5, KNMI HDF5, NetCDF4).
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
 class ReaderError(ValueError):

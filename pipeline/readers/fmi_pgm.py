@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pyproj
 
-from pipeline.cube import NO_ECHO_DBZ, regular_grid
-from pipeline.readers.common import ReaderError, crs_from_proj, frame, parse_time
+from mimcast.pipeline.cube import NO_ECHO_DBZ, regular_grid
+from mimcast.pipeline.readers.common import ReaderError, crs_from_proj, frame, parse_time
 
 SPHERE_RADIUS = 6371288.0
 
@@ -92,3 +92,8 @@ def read_fmi_pgm(path: str | Path, **_ignored):
     time = parse_time(path, obstime, "%Y%m%d%H%M")
     return frame(path, dbz, time, x, y, crs, quantity="DBZH", units="dBZ",
                  institution="Finnish Meteorological Institute")  # fmt: skip
+
+
+def guess_can_open(head: bytes, path: Path) -> bool:
+    """Binary PGM (``P5``), gzip or plain."""
+    return head.startswith(b"P5")

@@ -17,8 +17,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pipeline.cube import regular_grid
-from pipeline.readers.common import (
+from mimcast.pipeline.cube import regular_grid
+from mimcast.pipeline.readers.common import (
+    HDF5_MAGIC,
     MARSHALL_PALMER,
     ZR,
     ReaderError,
@@ -89,3 +90,11 @@ def read_knmi_hdf5(path: str | Path, *, zr: ZR = MARSHALL_PALMER):
         path, rate_to_dbz(amount * 60.0 / minutes, zr), t_end, x, y, crs, quantity="ACRR",
         units="mm", zr=zr, accumulation_minutes=minutes, institution="KNMI",
     )  # fmt: skip
+
+
+def guess_can_open(head: bytes, path: Path) -> bool:
+    """HDF5 with KNMI's ``overview`` and ``image1`` groups."""
+    if not head.startswith(HDF5_MAGIC):
+        return False
+    with h5py.File(path, "r") as f:
+        return "overview" in f and "image1" in f

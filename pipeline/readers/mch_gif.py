@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cube import regular_grid
-from pipeline.readers.common import MARSHALL_PALMER, ZR, ReaderError, frame, rate_to_dbz
+from mimcast.pipeline.cube import regular_grid
+from mimcast.pipeline.readers.common import MARSHALL_PALMER, ZR, ReaderError, frame, rate_to_dbz
 
 CRS = "EPSG:21781"  # CH1903 / LV03
 LEFT, TOP, PIXEL = 255000.0, 480000.0, 1000.0
@@ -58,3 +58,8 @@ def read_mch_gif(path: str | Path, *, zr: ZR = MARSHALL_PALMER):
         path, rate_to_dbz(code_to_rate(codes), zr), file_time(path), x, y, CRS,
         quantity="RATE", units="mm h-1", zr=zr, institution="MeteoSwiss",
     )  # fmt: skip
+
+
+def guess_can_open(head: bytes, path: Path) -> bool:
+    """GIF87a / GIF89a."""
+    return head.startswith((b"GIF87a", b"GIF89a"))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.readers.common import MARSHALL_PALMER, ZR, ReaderError, frame, rate_to_dbz
+from mimcast.pipeline.readers.common import MARSHALL_PALMER, ZR, ReaderError, frame, rate_to_dbz
 
 EARTH_RADIUS = 6371229.0
 CRS = f"+proj=eqc +lat_ts=0 +lat_0=0 +lon_0=0 +x_0=0 +y_0=0 +R={EARTH_RADIUS:.0f} +units=m +no_defs"
@@ -63,3 +63,8 @@ def read_mrms_grib2(path: str | Path, *, zr: ZR = MARSHALL_PALMER):
         path, rate_to_dbz(rate, zr), time, x, y, CRS, quantity="RATE", units="mm h-1", zr=zr,
         institution="NOAA/NSSL MRMS",
     )  # fmt: skip
+
+
+def guess_can_open(head: bytes, path: Path) -> bool:
+    """GRIB (edition 2 is checked when decoding)."""
+    return head.startswith(b"GRIB")

@@ -16,8 +16,9 @@ import h5py
 import numpy as np
 import pyproj
 
-from pipeline.cube import NO_ECHO_DBZ, regular_grid
-from pipeline.readers.common import (
+from mimcast.pipeline.cube import NO_ECHO_DBZ, regular_grid
+from mimcast.pipeline.readers.common import (
+    HDF5_MAGIC,
     MARSHALL_PALMER,
     ZR,
     ReaderError,
@@ -147,3 +148,13 @@ def _accumulation_minutes(dset, path) -> float:
     if minutes <= 0:
         raise ReaderError(path, f"ACRR accumulation period {minutes} min is not positive")
     return minutes
+
+
+def guess_can_open(head: bytes, path: Path) -> bool:
+    """HDF5 with ODIM's ``Conventions`` attribute, or its what/where/dataset1 layout."""
+    if not head.startswith(HDF5_MAGIC):
+        return False
+    with h5py.File(path, "r") as f:
+        if "Conventions" in f.attrs and b"ODIM" in bytes(f.attrs["Conventions"]):
+            return True
+        return "what" in f and "where" in f and "dataset1" in f

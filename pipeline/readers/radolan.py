@@ -20,8 +20,15 @@ from pathlib import Path
 import numpy as np
 import pyproj
 
-from pipeline.cube import NO_ECHO_DBZ
-from pipeline.readers.common import MARSHALL_PALMER, ZR, ReaderError, frame, parse_time, rate_to_dbz
+from mimcast.pipeline.cube import NO_ECHO_DBZ
+from mimcast.pipeline.readers.common import (
+    MARSHALL_PALMER,
+    ZR,
+    ReaderError,
+    frame,
+    parse_time,
+    rate_to_dbz,
+)
 
 CRS = "+proj=stere +lat_0=90 +lat_ts=60 +lon_0=10 +x_0=0 +y_0=0 +R=6370040 +units=m +no_defs"
 #: (rows, cols) -> (km west of 9E 51N, km south of it) of the lower-left corner, and pixel km
@@ -110,3 +117,8 @@ def read_radolan(path: str | Path, *, zr: ZR = MARSHALL_PALMER):
         path, rate_to_dbz(rate, zr), info["time"], x, y, CRS, quantity="ACRR", units="mm",
         zr=zr, accumulation_minutes=minutes, institution="Deutscher Wetterdienst",
     )  # fmt: skip
+
+
+def guess_can_open(head: bytes, path: Path) -> bool:
+    """RADOLAN header: product id, DDhhmm, then the radar-site code 10000 (gzip or plain)."""
+    return len(head) > 17 and head[2:8].isdigit() and head[8:13] == b"10000"

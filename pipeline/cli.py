@@ -1,10 +1,13 @@
 """The ``mimcast`` command line.
 
-Each command parses plain arguments and calls one function of ``pipeline``, ``models`` or
-``flows``; imports happen inside the command so that ``mimcast --help`` stays fast and the
-data path never loads Prefect. A user error (bad argument, missing file, invalid
-configuration) prints one line, ``mimcast <command>: error: ...``, and exits with status 2;
-no traceback. Set ``MIMCAST_DEBUG=1`` to see the traceback anyway.
+Each command parses plain arguments and calls one function of the plain application layer
+(``pipeline.training``, ``pipeline.nowcast``, ``pipeline.evaluation``, ...), the same
+functions the Prefect flows call; imports happen inside the command so that ``mimcast
+--help`` stays fast. Only ``serve`` and ``demo``, which are Prefect by nature, import
+``mimcast.flows``. Option defaults come from ``pipeline.defaults``, as the flows' do. A user
+error (bad argument, missing file, invalid configuration) prints one line,
+``mimcast <command>: error: ...``, and exits with status 2; no traceback. Set
+``MIMCAST_DEBUG=1`` to see the traceback anyway.
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from pipeline.config import load_toml
-    from pipeline.synthetic import SyntheticConfig, write_archive
+    from mimcast.pipeline.config import load_toml
+    from mimcast.pipeline.synthetic import SyntheticConfig, write_archive
 
     base = load_toml(SyntheticConfig, args.config) if args.config else SyntheticConfig()
     changes = {
@@ -47,8 +50,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
-    from pipeline.ingest import IngestOptions, ingest, report_path
-    from pipeline.readers import ZR, get_reader
+    from mimcast.pipeline.ingest import IngestOptions, ingest, report_path
+    from mimcast.pipeline.readers import ZR, get_reader
 
     if args.format != "auto":
         get_reader(args.format)  # an unknown name fails here, listing the known ones
@@ -73,12 +76,22 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     return 0 if report.complete else EXIT_PARTIAL
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    from flows.jobs import load_run_config, run_training
+    from mimcast.pipeline.training import load_run_config, run_training
 
     config = load_run_config(args.config, max_steps=args.max_steps, device=args.device)
     result = run_training(args.cubes, args.out, config, progress=not args.quiet)
-    if int(__import__("os").environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) == 0:
         best = f"{result.best_val_mse:.2f} dBZ²" if result.best_val_mse is not None else "n/a"
         print(f"trained to step {result.step}; best validation MSE {best}")
         print(f"checkpoints: {result.best}  {result.last}")
@@ -87,13 +100,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_nowcast(args: argparse.Namespace) -> int:
-    from flows.jobs import run_nowcast
+    from mimcast.pipeline.nowcast import run_nowcast
 
     out = run_nowcast(
-        args.cube, args.out, checkpoint=args.checkpoint, time=args.time, plot=args.plot,
-        leads=tuple(args.leads), source=args.source, device=args.device,
+        args.cube, args.out, method=args.method, checkpoint=args.checkpoint, time=args.time,
+        plot=args.plot, leads=tuple(args.leads), source=args.source, device=args.device,
+        steps=args.steps,
     )  # fmt: skip
-    print(f"nowcast from {out.reference_time} UTC: {out.netcdf.resolve()}")
+    print(f"{out.method} nowcast from {out.reference_time} UTC: {out.netcdf.resolve()}")
     for png in out.pngs:
         print(f"map: {png.resolve()}")
     if out.animation:
@@ -102,13 +116,13 @@ def _cmd_nowcast(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from flows.jobs import run_evaluate
+    from mimcast.pipeline.evaluation import run_evaluate
 
-    methods = ("mimnet", "persistence", "extrapolation") + (("sprog",) if args.sprog else ())
+    post = None if args.postprocess == "default" else args.postprocess
     out = run_evaluate(
-        args.cube, args.out, checkpoint=args.checkpoint, start=args.start, end=args.end,
-        every=args.every, scheduler=args.scheduler, methods=methods, device=args.device,
-        progress=not args.quiet,
+        args.cube, args.out, methods=tuple(args.methods), checkpoint=args.checkpoint,
+        postprocess=post, start=args.start, end=args.end, every=args.every, leads=args.steps,
+        scheduler=args.scheduler, device=args.device, progress=not args.quiet,
     )  # fmt: skip
     print(f"{out.n_forecasts} forecasts scored per method")
     print(f"scores: {out.scores_csv.resolve()}")
@@ -118,9 +132,40 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_loao(args: argparse.Namespace) -> int:
+    from mimcast.pipeline import loao
+    from mimcast.pipeline.training import load_run_config
+
+    config = load_run_config(args.config, max_steps=args.max_steps, device=args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    exclude = tuple(x for x in args.exclude if x != "none")
+    variants = tuple(args.variants)
+    if args.only:  # one run, as launched by the train stage for each process
+        fold, _, variant = args.only.partition("/")
+        names = [loao.archive_name(c) for c in args.cubes]
+        loao.train_one(out / "pack.npz", out, config, fold, variant, names, exclude,
+                       progress=not args.quiet)  # fmt: skip
+        return 0
+    if args.stage in ("pack", "all"):
+        print(f"pack: {loao.build(args.cubes, out, config, progress=not args.quiet)}")
+    if args.stage in ("train", "all"):
+        loao.train_all(args.cubes, out, args.config, config, variants=variants,
+                       final=not args.no_final, exclude=exclude, jobs=args.jobs,
+                       deadline_s=args.deadline_s, max_steps=args.max_steps,
+                       final_max_steps=args.final_max_steps, progress=not args.quiet)  # fmt: skip
+    if args.stage in ("evaluate", "all"):
+        pooled = loao.evaluate_all(args.cubes, out, variants=variants, max_refs=args.max_refs,
+                                   device=args.device or "auto",
+                                   progress=not args.quiet)  # fmt: skip
+        print(f"pooled report: {(pooled / 'report.md').resolve()}")
+        print(f"per archive: {(out / 'per_archive.csv').resolve()}")
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from flows.serve import serve_all
+    from mimcast.flows.serve import serve_all
 
     serve_all(
         cube=str(Path(args.cube).resolve()), incoming=str(Path(args.incoming).resolve()),
@@ -132,7 +177,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from flows.demo import demo_flow
+    from mimcast.flows.demo import demo_flow
 
     out = demo_flow(out=args.out, frames=args.frames, size=args.size, seed=args.seed,
                     train=args.train, max_steps=args.max_steps, every=args.every)  # fmt: skip
@@ -154,20 +199,46 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _add_model_inputs(p: argparse.ArgumentParser) -> None:
-    """The arguments every command that runs a trained model takes."""
+    """The arguments every command that runs forecast methods takes."""
+    from mimcast.pipeline.defaults import DEFAULT_LEADS
+
     p.add_argument("cube", metavar="CUBE", help="Zarr cube from 'mimcast ingest'")
-    p.add_argument("--checkpoint", help="MIMNet checkpoint (default: the shipped one)")
+    p.add_argument("--checkpoint", help="model checkpoint for 'mimnet' (default: the shipped "
+                   "one, see data/MODEL_CARD.md)")  # fmt: skip
+    p.add_argument("--steps", type=_positive_int, metavar="N",
+                   help="lead steps to forecast (default: the model's horizon; "
+                   f"{DEFAULT_LEADS} for methods without one)")  # fmt: skip
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser for ``mimcast`` and all its commands."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from mimcast.pipeline.defaults import (
+        DEFAULT_CUBE,
+        DEFAULT_INCOMING,
+        DEFAULT_NOWCASTS,
+        EVALUATE_EVERY,
+        EVALUATE_METHODS,
+        MAP_LEADS,
+        NOWCAST_METHOD,
+        SERVE_INTERVAL_MINUTES,
+    )
+    from mimcast.pipeline.forecasters import list_forecasters
+
+    try:
+        release = version("mimcast")
+    except PackageNotFoundError:  # pragma: no cover - run from a bare checkout
+        release = "unknown"
+    methods = list_forecasters()
     parser = _Parser(
         prog="mimcast",
         description="Radar nowcasting with MIMNet: synthesise, ingest, train, nowcast, "
         "evaluate, and serve it all as Prefect deployments.",
     )
+    parser.add_argument("--version", action="version", version=f"mimcast {release}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -247,42 +318,82 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "nowcast",
-        help="nowcast from a cube with a checkpoint, write CF NetCDF",
-        description="Run MIMNet on the whole grid of a cube at a reference time and write "
-        "reflectivity, rain rate and accumulation per lead time as CF-1.8 NetCDF "
-        "(nowcast_<source>_<YYYYmmddHHMM>.nc), optionally with map quicklooks.",
+        help="nowcast from a cube with a model or a baseline, write CF NetCDF",
+        description="Run a forecast method (MIMNet from a checkpoint by default; "
+        "'--method extrapolation' is the operational fallback without a model or a GPU) on "
+        "the whole grid of a cube at a reference time and write reflectivity, rain rate and "
+        "accumulation per lead time as CF-1.8 NetCDF (nowcast_<source>_<YYYYmmddHHMM>.nc), "
+        "optionally with map quicklooks.",
     )
     _add_model_inputs(p)
+    p.add_argument("--method", default=NOWCAST_METHOD, choices=methods,
+                   help=f"forecast method (default {NOWCAST_METHOD})")  # fmt: skip
     p.add_argument("--time", default="latest", help="reference time, ISO 8601 UTC, or latest")
     p.add_argument("--plot", action="store_true", help="also write PNG maps and a GIF")
     p.add_argument(
         "--leads",
         type=int,
         nargs="+",
-        default=[15, 30, 60],
+        default=list(MAP_LEADS),
         metavar="MIN",
-        help="lead times (minutes) to map with --plot (default 15 30 60)",
+        help="lead times (minutes) to map with --plot (default "
+        + " ".join(map(str, MAP_LEADS))
+        + ")",
     )
     p.add_argument("--source", help="source name in the file name (default: the cube's name)")
     p.set_defaults(func=_cmd_nowcast)
 
     p = sub.add_parser(
         "evaluate",
-        help="hindcast and score against persistence and extrapolation",
-        description="Run MIMNet and the baselines (persistence, pysteps extrapolation, "
-        "optionally S-PROG) at reference times over a cube; write scores.csv, report.md and "
-        "PNG skill curves and example maps. Reference times run in parallel with dask.",
+        help="hindcast: score forecast methods against each other",
+        description="Run forecast methods (default: MIMNet, persistence and pysteps "
+        "extrapolation; S-PROG and any registered method on request) at reference times over "
+        "a cube, all on the same pixels; write scores.csv, report.md and PNG skill curves and "
+        "example maps. Reference times run in parallel with dask.",
     )
     _add_model_inputs(p)
+    p.add_argument("--methods", nargs="+", choices=methods, default=list(EVALUATE_METHODS),
+                   metavar="METHOD", help=f"methods to score, any of {', '.join(methods)} "
+                   f"(default {' '.join(EVALUATE_METHODS)})")  # fmt: skip
+    p.add_argument("--postprocess", choices=["default", "none", "pm"], default="default",
+                   help="MIMNet output post-processing: the checkpoint's default, none, or "
+                   "pm (probability matching to the last observation)")  # fmt: skip
     p.add_argument("--start", help="first reference time (ISO 8601 UTC)")
     p.add_argument("--end", help="last reference time (ISO 8601 UTC)")
-    p.add_argument("--every", type=int, default=1, help="use every N-th reference time")
+    p.add_argument("--every", type=_positive_int, default=EVALUATE_EVERY,
+                   help=f"use every N-th reference time (default {EVALUATE_EVERY})")  # fmt: skip
     p.add_argument("--scheduler", help="dask: threads (default), synchronous, or tcp://host:port")
-    p.add_argument("--sprog", action="store_true", help="also score pysteps S-PROG")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_evaluate)
 
-    from flows.paths import DEFAULT_CUBE, DEFAULT_INCOMING, DEFAULT_NOWCASTS
+    p = sub.add_parser(
+        "loao",
+        help="leave-one-archive-out: train on the others, evaluate on each archive, pool",
+        description="For each cube: train models (Lagrangian and Eulerian) on all the other "
+        "cubes, then evaluate them on the one left out against persistence, extrapolation "
+        "and S-PROG; pool the scores per lead step. Stages: pack, train, evaluate (all by "
+        "default); each resumes where it stopped. --jobs trains several runs at once.",
+    )
+    p.add_argument("cubes", nargs="+", metavar="CUBE", help="Zarr cubes, one per archive")
+    p.add_argument("--out", required=True, metavar="DIR", help="working and output directory")
+    p.add_argument("--config", help="run configuration TOML (e.g. data/real.toml)")
+    p.add_argument("--stage", choices=["pack", "train", "evaluate", "all"], default="all")
+    p.add_argument("--variants", nargs="+", choices=["lagrangian", "eulerian"],
+                   default=["lagrangian", "eulerian"], help="model frames to train")  # fmt: skip
+    p.add_argument("--no-final", action="store_true", help="skip the model to ship")
+    p.add_argument("--exclude", nargs="+", default=["rmi"], metavar="ARCHIVE",
+                   help="archives the final model leaves out (default rmi: non-commercial "
+                   "terms); 'none' for none")  # fmt: skip
+    p.add_argument("--jobs", type=_positive_int, default=1, help="training processes at once")
+    p.add_argument("--deadline-s", type=float, help="stop training runs after this long")
+    p.add_argument("--max-steps", type=_positive_int, help="override [train] max_steps")
+    p.add_argument("--final-max-steps", type=_positive_int, help="max_steps of the final model")
+    p.add_argument("--max-refs", type=_positive_int, default=6,
+                   help="reference times per archive (evenly spread; default 6)")  # fmt: skip
+    p.add_argument("--device", help="override [train] device, and the evaluation device")
+    p.add_argument("--only", help=argparse.SUPPRESS)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_loao)
 
     p = sub.add_parser(
         "serve",
@@ -295,8 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cube", default=DEFAULT_CUBE, help="Zarr cube (default data/local/cube.zarr)")
     p.add_argument("--incoming", default=DEFAULT_INCOMING, help="folder of new radar files")
     p.add_argument("--out", default=DEFAULT_NOWCASTS, help="folder for nowcast NetCDF and maps")
-    p.add_argument("--checkpoint", help="MIMNet checkpoint (default: the shipped one)")
-    p.add_argument("--interval-minutes", type=float, default=5.0, help="schedule (default 5)")
+    p.add_argument("--checkpoint", help="model checkpoint (default: the shipped one)")
+    p.add_argument("--interval-minutes", type=float, default=SERVE_INTERVAL_MINUTES,
+                   help=f"schedule (default {SERVE_INTERVAL_MINUTES:g})")  # fmt: skip
     p.add_argument("--no-schedule", action="store_true", help="only run when triggered")
     p.set_defaults(func=_cmd_serve)
 
@@ -314,7 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7, help="weather seed")
     p.add_argument("--train", action="store_true", help="train a small model first")
     p.add_argument("--max-steps", type=int, default=120, help="training steps with --train")
-    p.add_argument("--every", type=int, default=6, help="evaluate every N-th reference time")
+    p.add_argument("--every", type=_positive_int, default=EVALUATE_EVERY,
+                   help="evaluate every N-th reference time")  # fmt: skip
     p.set_defaults(func=_cmd_demo)
     return parser
 

@@ -1,0 +1,384 @@
+"""The forecaster registry: every forecast method behind one signature.
+
+Contract
+--------
+A forecaster is a named, picklable callable ``forecaster(inputs, n_leads) -> dBZ``: ``inputs``
+is ``(T, H, W)`` reflectivity in dBZ (NaN: no data; the last frame is the reference time),
+the result is ``(n_leads, H, W)`` dBZ at lead steps 1..``n_leads``. NaN in the result means
+"unknown" (outside the radar coverage of the last frame, or advected in from outside the
+grid); never "no rain". Each forecaster also says how many input frames it reads
+(``input_frames``), how many leads it can make (``max_leads``, None: any) and its default
+(``default_leads``).
+
+:func:`get_forecaster` builds one by name (an unknown name raises ``ValueError`` listing the
+known ones); :func:`list_forecasters` lists the names. Nowcast, evaluate, the CLI and the
+flows all take their methods from here. A new method is one class plus one
+:func:`register` line here, or an entry point in the ``mimcast.forecasters`` group of
+another package (a class taking keyword options).
+
+The built-in methods:
+
+- ``persistence``: the last frame, unchanged.
+- ``extrapolation``: pysteps Lucas-Kanade motion + semi-Lagrangian advection of the last frame.
+- ``sprog``: pysteps S-PROG (cascade decomposition, scale-dependent AR(2) smoothing).
+- ``mimnet``: a trained checkpoint (the shipped one by default). The checkpoint says whether
+  it runs in the Eulerian frame or the Lagrangian one (inputs moved with the motion field,
+  outputs advected forward along it) and which post-processing it uses by default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import io
+import threading
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from mimcast.pipeline.cube import NO_ECHO_DBZ
+from mimcast.pipeline.defaults import (
+    DEFAULT_LEADS,
+    ECHO_THRESHOLD_DBZ,
+    FLOOR_DBZ,
+    MOTION_FRAMES,
+    SHIPPED_CHECKPOINT,
+)
+
+#: redirect_stdout swaps the process-wide sys.stdout: threads must take turns around it
+STDOUT_LOCK = threading.Lock()
+
+
+@functools.cache
+def pysteps():
+    """Import pysteps once, without its banner on stdout."""
+    with STDOUT_LOCK, contextlib.redirect_stdout(io.StringIO()):
+        import pysteps
+        import pysteps.extrapolation.semilagrangian
+        import pysteps.motion
+        import pysteps.nowcasts
+        import pysteps.postprocessing.probmatching
+        import pysteps.verification.detcatscores
+        import pysteps.verification.spatialscores
+    return pysteps
+
+
+def motion_field(
+    inputs: np.ndarray, motion_frames: int = MOTION_FRAMES, max_side: int | None = None
+) -> np.ndarray:
+    """Return the Lucas-Kanade motion ``(2, H, W)`` (pixels per step; x, y) of the last frames.
+
+    ``max_side``: estimate on a grid block-averaged until its longer side is at most this many
+    pixels, then scale back (the field is smooth; pysteps' dense interpolation costs grow with
+    vectors times pixels). None: on the full grid, as pysteps does.
+    """
+    if inputs.shape[0] < 2:
+        raise ValueError(f"motion needs at least 2 input frames, got {inputs.shape[0]}")
+    field_ = np.nan_to_num(np.maximum(inputs[-motion_frames:], FLOOR_DBZ), nan=FLOOR_DBZ)
+    _, height, width = field_.shape
+    factor = 1 if max_side is None else max(1, -(-max(height, width) // max_side))
+    if factor > 1:
+        hh, ww = -(-height // factor) * factor, -(-width // factor) * factor
+        pad = np.pad(field_, ((0, 0), (0, hh - height), (0, ww - width)), mode="edge")
+        field_ = pad.reshape(len(pad), hh // factor, factor, ww // factor, factor).mean((2, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        velocity = pysteps().motion.get_method("LK")(field_, verbose=False)
+    velocity = np.nan_to_num(np.asarray(velocity, dtype=np.float32))
+    if factor > 1:
+        velocity = np.repeat(np.repeat(velocity, factor, axis=1), factor, axis=2) * factor
+        velocity = _smooth(velocity[:, :height, :width], factor)
+    return velocity
+
+
+def _smooth(velocity: np.ndarray, size: int) -> np.ndarray:
+    from scipy.ndimage import uniform_filter
+
+    return np.stack([uniform_filter(v, size, mode="nearest") for v in velocity]).astype(np.float32)
+
+
+#: Longer grid side on which the model's own motion is estimated (see :func:`motion_field`).
+MODEL_MOTION_SIDE = 512
+
+
+def probability_match(forecast: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Give every lead of ``forecast`` the value distribution of ``reference`` (rank by rank).
+
+    Pixels keep their rank within the lead and take the reference's value of that rank (its
+    empirical quantiles, resampled to the number of forecast pixels), as pysteps' empirical
+    CDF matching does for S-PROG. NaN (unknown) pixels stay NaN and are left out.
+    """
+    ref = np.sort(np.maximum(reference[np.isfinite(reference)], FLOOR_DBZ))
+    out = np.array(forecast, dtype=np.float32, copy=True)
+    if ref.size == 0:
+        return out
+    for k in range(out.shape[0]):
+        ok = np.isfinite(out[k])
+        n = int(ok.sum())
+        if n < 2:
+            continue
+        values = out[k][ok]
+        target = np.interp((np.arange(n) + 0.5) / n * ref.size - 0.5, np.arange(ref.size), ref)
+        matched = np.empty(n, dtype=np.float32)
+        matched[np.argsort(values, kind="stable")] = target
+        out[k][ok] = matched
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the methods
+
+
+@dataclass
+class Persistence:
+    """The last observed frame at every lead."""
+
+    name: ClassVar[str] = "persistence"
+    description: ClassVar[str] = "the last observed frame, unchanged"
+    input_frames: int = 1
+    max_leads: int | None = None
+    default_leads: int = DEFAULT_LEADS
+
+    def __call__(self, inputs: np.ndarray, n_leads: int) -> np.ndarray:
+        return np.repeat(np.asarray(inputs[-1:], dtype=np.float32), n_leads, axis=0)
+
+
+@dataclass
+class Extrapolation:
+    """pysteps Lucas-Kanade motion, semi-Lagrangian advection of the last frame."""
+
+    name: ClassVar[str] = "extrapolation"
+    description: ClassVar[str] = "pysteps Lucas-Kanade motion + semi-Lagrangian advection"
+    motion_frames: int = MOTION_FRAMES
+    max_leads: int | None = None
+    default_leads: int = DEFAULT_LEADS
+
+    @property
+    def input_frames(self) -> int:
+        return self.motion_frames
+
+    def __call__(self, inputs: np.ndarray, n_leads: int) -> np.ndarray:
+        velocity = motion_field(inputs, self.motion_frames)
+        last = np.nan_to_num(np.maximum(inputs[-1], FLOOR_DBZ), nan=FLOOR_DBZ)
+        extrap = pysteps().nowcasts.get_method("extrapolation")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # pixels advected in from outside the grid are unknown (NaN), not "no rain"
+            out = extrap(last, velocity, n_leads, extrap_kwargs={"outval": np.nan})
+        return _mark_no_data(np.asarray(out, dtype=np.float32), inputs[-1])
+
+
+@dataclass
+class SProg:
+    """pysteps S-PROG: cascade decomposition with scale-dependent AR(2) smoothing."""
+
+    name: ClassVar[str] = "sprog"
+    description: ClassVar[str] = "pysteps S-PROG (spectral cascade, AR(2) per scale)"
+    motion_frames: int = MOTION_FRAMES
+    max_leads: int | None = None
+    default_leads: int = DEFAULT_LEADS
+
+    @property
+    def input_frames(self) -> int:
+        return self.motion_frames
+
+    def __call__(self, inputs: np.ndarray, n_leads: int) -> np.ndarray:
+        velocity = motion_field(inputs, self.motion_frames)
+        field_ = np.nan_to_num(np.maximum(inputs[-self.motion_frames :], FLOOR_DBZ), nan=FLOOR_DBZ)
+        # S-PROG prints its configuration: silence it, one thread at a time
+        with STDOUT_LOCK, warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            out = pysteps().nowcasts.get_method("sprog")(
+                field_, velocity, n_leads, precip_thr=10.0, n_cascade_levels=6,
+                measure_time=False, ar_order=2,
+            )  # fmt: skip
+        out = np.asarray(out, dtype=np.float32)  # NaN where advected in from outside
+        return _mark_no_data(out, inputs[-1])
+
+
+@functools.lru_cache(maxsize=4)
+def _load(path: str, mtime_ns: int):
+    from mimcast.models.checkpoint import open_checkpoint
+
+    return open_checkpoint(path)
+
+
+def load_checkpoint_cached(path: str | Path):
+    """Open a checkpoint once per process (re-read when the file changes)."""
+    path = Path(path)
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        stamp = 0  # let open_checkpoint name the problem
+    return _load(str(path), stamp)
+
+
+@dataclass
+class MIMNetForecaster:
+    """A trained model from a checkpoint: dBZ in, dBZ out, as its checkpoint says."""
+
+    name: ClassVar[str] = "mimnet"
+    description: ClassVar[str] = "MIMNet from a checkpoint (default: the shipped one)"
+    checkpoint: str | None = None  # safetensors checkpoint; None: the shipped model
+    device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1"
+    bf16: bool = False  # bf16 autocast
+    postprocess: str | None = None  # "none", "pm"; None: the checkpoint's default
+    max_pixels: int = 1024 * 1024  # grids with more pixels run in tiles
+    tile: int = 512
+    overlap: int = 64
+    echo_threshold_dbz: float = ECHO_THRESHOLD_DBZ  # weaker predictions are "no echo"
+    preloaded: Any = field(default=None, repr=False)  # a Checkpoint in memory (from_model)
+
+    def __post_init__(self) -> None:
+        if self.checkpoint is None:
+            self.checkpoint = str(SHIPPED_CHECKPOINT) if self.preloaded is None else "in memory"
+        if self.postprocess not in (None, "none", "pm"):
+            raise ValueError(f"postprocess={self.postprocess!r}: 'none' or 'pm'")
+
+    @classmethod
+    def from_model(cls, model, inputs=None, **options: Any) -> MIMNetForecaster:
+        """Wrap an in-memory model; ``inputs`` (an ``InputConfig``) default: 0-70 dBZ Eulerian."""
+        from mimcast.models.checkpoint import Checkpoint, InputConfig
+
+        inputs = inputs or InputConfig(0.0, 70.0)
+        ckpt = Checkpoint(Path("in memory"), type(model).__name__, model.eval(), inputs, {}, "")
+        return cls(preloaded=ckpt, **options)
+
+    @property
+    def loaded(self):
+        """The :class:`~mimcast.models.checkpoint.Checkpoint` (cached per process)."""
+        if self.preloaded is not None:
+            return self.preloaded
+        return load_checkpoint_cached(self.checkpoint)
+
+    @property
+    def input_frames(self) -> int:
+        return self.loaded.model.config.input_length
+
+    @property
+    def max_leads(self) -> int:
+        return self.loaded.model.config.output_length
+
+    @property
+    def default_leads(self) -> int:
+        return self.max_leads
+
+    def describe(self) -> str:
+        """One line naming the checkpoint, its frame and post-processing."""
+        ckpt = self.loaded
+        post = self.postprocess or ckpt.inputs.postprocess
+        return (f"{Path(self.checkpoint).name} (step {ckpt.extra.get('step', '?')}, "
+                f"{ckpt.inputs.frame}, post-processing {post})")  # fmt: skip
+
+    def __call__(self, inputs: np.ndarray, n_leads: int) -> np.ndarray:
+        ckpt = self.loaded
+        cfg, spec = ckpt.model.config, ckpt.inputs
+        n_in = cfg.input_length
+        if inputs.shape[0] < n_in:
+            raise ValueError(f"{self.checkpoint}: needs {n_in} input frames, got {inputs.shape[0]}")
+        if n_leads > cfg.output_length:
+            raise ValueError(
+                f"{self.checkpoint}: predicts {cfg.output_length} lead steps, {n_leads} asked"
+            )
+        inputs = np.asarray(inputs[-n_in:], dtype=np.float32)
+        key = (str(self.checkpoint), id(ckpt), hashlib.blake2b(inputs.tobytes(), digest_size=16)
+               .hexdigest(), self.device, self.bf16)  # fmt: skip
+        raw = _RAW.get(key)
+        if raw is None:
+            raw = self._raw(ckpt, inputs)
+            _RAW[key] = raw  # variants of one model at one reference time share it
+            while len(_RAW) > 4:  # a few entries: dask threads score several references
+                _RAW.pop(next(iter(_RAW)), None)
+        dbz = raw[:n_leads].copy()
+        if (self.postprocess or spec.postprocess) == "pm":
+            dbz = probability_match(dbz, inputs[-1])
+        dbz = np.where(np.isfinite(dbz) & (dbz < self.echo_threshold_dbz), NO_ECHO_DBZ, dbz)
+        return _mark_no_data(dbz.astype(np.float32), inputs[-1])
+
+    def _raw(self, ckpt, inputs: np.ndarray) -> np.ndarray:
+        """Model output in dBZ on the Eulerian grid, before post-processing (NaN: unknown)."""
+        import torch
+
+        from mimcast.models.advection import from_lagrangian, to_lagrangian
+        from mimcast.pipeline.nowcast import predict
+        from mimcast.pipeline.sequences import Normalizer
+
+        spec = ckpt.inputs
+        n_in = inputs.shape[0]
+        norm = Normalizer(spec.dbz_min, spec.dbz_max)
+        x, valid = norm.normalize(inputs)  # (T, H, W) each
+        velocity = None
+        if spec.frame == "lagrangian":
+            velocity = motion_field(inputs, spec.motion_frames, MODEL_MOTION_SIDE)
+            velocity = torch.from_numpy(velocity)[None]  # (1, 2, H, W)
+            frames = torch.from_numpy(x)[None, :, None]  # (1, T, 1, H, W)
+            lag, _ = to_lagrangian(frames, torch.from_numpy(valid)[None, :, None], velocity, n_in)
+            x = lag[0, :, 0].numpy()
+        pred = predict(ckpt.model, x, self)  # (T_out, H, W) in [0, 1]
+        known = np.ones_like(pred, dtype=bool)
+        if velocity is not None:
+            eul, ok = from_lagrangian(torch.from_numpy(pred)[None, :, None], velocity)
+            pred, known = eul[0, :, 0].numpy(), ok[0, :, 0].numpy() > 0
+        dbz = norm.denormalize(pred).astype(np.float32)
+        dbz[~known] = np.nan
+        return dbz
+
+
+#: The last raw model output (see MIMNetForecaster.__call__).
+_RAW: dict[tuple, np.ndarray] = {}
+
+
+def _mark_no_data(forecast: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """NaN wherever the last observed frame has no data (outside the radar coverage)."""
+    forecast[:, np.isnan(last)] = np.nan
+    return forecast
+
+
+# --------------------------------------------------------------------------------------------
+# the registry
+
+_REGISTRY: dict[str, Callable[..., Any]] = {}
+
+
+def register(name: str, factory: Callable[..., Any]) -> None:
+    """Register ``factory`` (a class or function taking keyword options) under ``name``."""
+    _REGISTRY[name] = factory
+
+
+for _cls in (MIMNetForecaster, Persistence, Extrapolation, SProg):
+    register(_cls.name, _cls)
+
+
+@functools.cache
+def _plugins() -> dict[str, Callable[..., Any]]:
+    found = {}
+    for ep in entry_points(group="mimcast.forecasters"):
+        found[ep.name] = ep.load()
+    return found
+
+
+def list_forecasters() -> list[str]:
+    """Return the names of all forecast methods (built-in and from entry points)."""
+    return sorted(set(_REGISTRY) | set(_plugins()))
+
+
+def get_forecaster(name: str, **options: Any):
+    """Build the forecaster ``name`` with keyword ``options`` (those its class does not take
+    are ignored, so callers can pass one set of options to every method)."""
+    factory = _REGISTRY.get(name) or _plugins().get(name)
+    if factory is None:
+        raise ValueError(
+            f"unknown forecast method {name!r}; known: {', '.join(list_forecasters())}"
+        )
+    import inspect
+
+    accepted = inspect.signature(factory).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        options = {k: v for k, v in options.items() if k in accepted}
+    return factory(**options)

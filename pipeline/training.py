@@ -1,0 +1,178 @@
+"""Training jobs: run configurations and the training entry point (no Prefect here).
+
+The plain application layer that ``mimcast train`` and the Prefect ``train`` flow both
+call: read a run configuration, build the datasets from cubes, and call the training loop.
+A run configuration is one TOML file with three tables, each checked against its dataclass
+(unknown keys are rejected with their name)::
+
+    [model]   # models.mimnet.MIMNetConfig
+    [data]    # pipeline.sequences.SequenceConfig
+    [train]   # models.train.TrainConfig
+
+The model's ``input_length``/``output_length`` are taken from ``[data]`` when ``[model]`` does
+not set them, and must agree when both do.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mimcast.models.mimnet import MIMNetConfig
+from mimcast.models.train import TrainConfig, TrainResult
+from mimcast.pipeline.config import ConfigError, from_mapping, to_dict
+from mimcast.pipeline.defaults import DEFAULT_TRAIN_CONFIG
+from mimcast.pipeline.sequences import SequenceConfig
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Model, data and training configuration of one run."""
+
+    model: MIMNetConfig
+    data: SequenceConfig
+    train: TrainConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return plain data (for JSON/TOML and checkpoint metadata)."""
+        return {
+            "model": to_dict(self.model),
+            "data": to_dict(self.data),
+            "train": to_dict(self.train),
+        }
+
+
+def load_run_config(path: str | Path | None = None, **train_overrides: Any) -> RunConfig:
+    """Read a run configuration (default: ``data/train.toml``); overrides go to ``[train]``."""
+    path = Path(path) if path else DEFAULT_TRAIN_CONFIG
+    try:
+        doc = tomllib.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise ConfigError(f"{path}: configuration file not found") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from err
+    unknown = sorted(set(doc) - {"model", "data", "train"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown table(s) {unknown}; known: [model], [data], [train]")
+    data = from_mapping(SequenceConfig, doc.get("data", {}), where=f"{path} [data]")
+    model_doc = dict(doc.get("model", {}))
+    for key, value in (("input_length", data.input_length), ("output_length", data.output_length)):
+        if model_doc.setdefault(key, value) != value:
+            raise ConfigError(
+                f"{path}: [model] {key}={model_doc[key]} disagrees with [data] {key}={value}"
+            )
+    model = from_mapping(MIMNetConfig, model_doc, where=f"{path} [model]")
+    train_doc = dict(doc.get("train", {}))
+    train_doc.update({k: v for k, v in train_overrides.items() if v is not None})
+    train = from_mapping(TrainConfig, train_doc, where=f"{path} [train]")
+    return RunConfig(model, data, train)
+
+
+def run_training(
+    cubes: list[str | Path],
+    out_dir: str | Path,
+    config: RunConfig,
+    *,
+    progress: bool = True,
+) -> TrainResult:
+    """Train MIMNet on ``cubes`` with ``config``; resume when ``out_dir`` holds a state.
+
+    With ``[data] frame = "lagrangian"`` (or augmentation, or ``min_targets``) the windows are
+    first cut into a pack (``out_dir/pack.npz``, reused on resume) and trained from it.
+    """
+    for cube in cubes:
+        if not Path(cube).exists():
+            raise FileNotFoundError(f"{cube}: no such cube (run 'mimcast ingest' first)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if config.data.uses_pack:
+        from mimcast.pipeline.packs import build_pack
+
+        pack = out / "pack.npz"
+        if not pack.exists():
+            build_pack(cubes, pack, config.data.pack_config(), progress=progress)
+        return train_from_pack(pack, out, config, progress=progress)
+    from mimcast.pipeline.sequences import RadarSequenceDataset
+
+    train_set = RadarSequenceDataset(cubes, config.data, "train")
+    val_set = RadarSequenceDataset(cubes, config.data, "val")
+    _check_sizes(train_set, val_set, [str(c) for c in cubes], config)
+    return _train(train_set, val_set, [str(c) for c in cubes], out, config, progress)
+
+
+def train_from_pack(
+    pack: str | Path,
+    out_dir: str | Path,
+    config: RunConfig,
+    *,
+    cubes: list[int] | None = None,
+    progress: bool = True,
+    device: str | None = None,
+) -> TrainResult:
+    """Train from a pack (``pipeline.packs``), optionally on a subset of its cubes.
+
+    On a GPU the windows are prepared once on the device (``PackDataset(device=...)``).
+    """
+    import torch
+
+    from mimcast.pipeline.packs import PackDataset
+
+    data = config.data
+    if device is None:
+        wanted = config.train.device
+        if wanted.startswith("cuda") or (wanted == "auto" and torch.cuda.is_available()):
+            device = "cuda" if wanted == "auto" else wanted
+    common = {"frame": data.frame, "dbz_range": (data.dbz_min, data.dbz_max), "cubes": cubes,
+              "device": device}  # fmt: skip
+    train_set = PackDataset(pack, "train", augment=data.augment, seed=config.train.seed, **common)
+    val_set = PackDataset(pack, "val", **common)
+    if (train_set.n_inputs, train_set.n_outputs) != (data.input_length, data.output_length):
+        raise ConfigError(
+            f"{pack}: cut for {train_set.n_inputs} -> {train_set.n_outputs} frames, the "
+            f"configuration wants {data.input_length} -> {data.output_length}; rebuild it"
+        )
+    names = train_set.cube_names()
+    used = [names[k] for k in (cubes if cubes is not None else range(len(names)))]
+    _check_sizes(train_set, val_set, used, config)
+    return _train(train_set, val_set, used, Path(out_dir), config, progress)
+
+
+def _check_sizes(train_set, val_set, cubes: list[str], config: RunConfig) -> None:
+    if len(train_set) == 0:
+        raise ValueError(
+            f"no training windows in {', '.join(cubes)}: the cubes are shorter than "
+            f"{config.data.length} frames without gaps, or have too little echo "
+            f"(min_coverage={config.data.min_coverage})"
+        )
+    if len(val_set) == 0:
+        raise ValueError(
+            f"no validation windows in {', '.join(cubes)}: the validation split "
+            f"(val={config.data.val}) holds fewer than {config.data.length} gap-free frames "
+            "with echo; use a longer archive (e.g. 'mimcast synth --frames 288') or change [data]"
+        )
+
+
+def _train(train_set, val_set, cubes: list[str], out: Path, config: RunConfig, progress: bool):
+    import json
+
+    from mimcast.models.checkpoint import InputConfig
+    from mimcast.models.train import train
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run_config.json").write_text(json.dumps(config.to_dict(), indent=1))
+    data = config.data
+    inputs = InputConfig(
+        data.dbz_min, data.dbz_max, frame=data.frame, motion_frames=data.motion_frames,
+        postprocess=data.postprocess,
+    )  # fmt: skip
+    extra = {
+        "cubes": cubes,
+        "train_windows": len(train_set),
+        "val_windows": len(val_set),
+    }
+    return train(
+        config.model, config.train, train_set, val_set, out,
+        dbz_range=(data.dbz_min, data.dbz_max), extra=extra, progress=progress, inputs=inputs,
+    )  # fmt: skip

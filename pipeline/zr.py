@@ -1,0 +1,52 @@
+"""The Z-R relation: reflectivity <-> rain rate, Z = a R^b (Z in mm^6 m^-3, R in mm/h).
+
+The one home of the relation and of its Marshall-Palmer default (a = 200, b = 1.6): readers
+(rain rates and accumulations to dBZ), products (dBZ to rain rate), verification (rain-rate
+thresholds) and training (the balanced loss's rain classes) all import it from here.
+``NO_ECHO_DBZ`` (measured, no echo) is rain rate 0; NaN (no data) stays NaN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: dBZ of "measured, no echo" (ODIM undetect, the lowest 8-bit DBZH code): rain rate 0. The cube
+#: contract (:mod:`mimcast.pipeline.cube`) re-exports it.
+NO_ECHO_DBZ: float = -32.0
+
+
+@dataclass(frozen=True)
+class ZR:
+    """Z = a R^b with Z in mm^6 m^-3 and R in mm/h."""
+
+    a: float = 200.0  # Marshall-Palmer
+    b: float = 1.6  # Marshall-Palmer
+
+    def __post_init__(self) -> None:
+        if self.a <= 0 or self.b <= 0:
+            raise ValueError(f"Z-R relation a={self.a}, b={self.b}: both must be positive")
+
+
+MARSHALL_PALMER = ZR()
+
+
+def rate_to_dbz(rate: np.ndarray, zr: ZR = MARSHALL_PALMER) -> np.ndarray:
+    """Return dBZ (float32) for rain rate (mm/h): NaN stays NaN, rate <= 0 is ``NO_ECHO_DBZ``."""
+    rate = np.asarray(rate, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dbz = 10.0 * np.log10(zr.a) + 10.0 * zr.b * np.log10(rate)
+    dbz = np.where(rate > 0, np.maximum(dbz, NO_ECHO_DBZ), NO_ECHO_DBZ)
+    return np.where(np.isnan(rate), np.nan, dbz).astype(np.float32)
+
+
+def dbz_to_rate(
+    dbz: np.ndarray, zr: ZR = MARSHALL_PALMER, threshold_dbz: float | None = None
+) -> np.ndarray:
+    """Return rain rate (mm/h) for dBZ; ``NO_ECHO_DBZ`` (and below ``threshold_dbz``) is 0."""
+    dbz = np.asarray(dbz, dtype=np.float64)
+    rate = (10.0 ** (dbz / 10.0) / zr.a) ** (1.0 / zr.b)
+    floor = NO_ECHO_DBZ if threshold_dbz is None else max(threshold_dbz, NO_ECHO_DBZ)
+    rate = np.where(dbz <= floor, 0.0, rate)
+    return np.where(np.isnan(dbz), np.nan, rate)

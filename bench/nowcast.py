@@ -29,13 +29,15 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from mimcast.models.checkpoint import load_checkpoint
     from mimcast.models.mimnet import MIMNet
-    from mimcast.pipeline.ingest import open_cube
+    from mimcast.pipeline import forecasters
+    from mimcast.pipeline.cube import open_cube
+    from mimcast.pipeline.defaults import SHIPPED_CHECKPOINT
+    from mimcast.pipeline.forecasters import MIMNetForecaster, get_forecaster
     from mimcast.pipeline.netcdf import write_nowcast
     from mimcast.pipeline.nowcast import NowcastOptions, nowcast
     from mimcast.pipeline.synthetic import SyntheticConfig, synthetic_cube
-    from mimcast.pipeline.training import SHIPPED_CHECKPOINT, load_run_config
+    from mimcast.pipeline.training import load_run_config
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 700, 1024])
@@ -43,29 +45,39 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for inference")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--methods", nargs="+", default=["mimnet", "extrapolation"],
+                        help="registered methods to time on the same cubes")  # fmt: skip
     args = parser.parse_args(argv)
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     ckpt = Path(args.checkpoint) if args.checkpoint else SHIPPED_CHECKPOINT
-    if ckpt.exists():
-        model, _ = load_checkpoint(ckpt)
-        model_name = ckpt.name
-    else:
-        model = MIMNet(load_run_config().model).eval()
-        model_name = "untrained data/train.toml model"
+
+    def method(name: str, device: str):
+        if name != "mimnet":
+            return get_forecaster(name)
+        if ckpt.exists():
+            return MIMNetForecaster(str(ckpt), device=device, bf16=args.bf16)
+        untrained = MIMNet(load_run_config().model).eval()
+        return MIMNetForecaster.from_model(untrained, device=device, bf16=args.bf16)
+
+    n_inputs = max(method(m, "cpu").input_frames for m in args.methods)
     for size in args.sizes:
         cube = synthetic_cube(SyntheticConfig(height=size, width=size, seed=1,
-                                              frames=model.config.input_length))  # fmt: skip
+                                              frames=n_inputs))  # fmt: skip
         cube = cube.assign(observed=("time", np.ones(cube.sizes["time"], bool)))
         cube.attrs["time_step_minutes"] = 5
         with tempfile.TemporaryDirectory() as tmp:
             store = Path(tmp) / "cube.zarr"
             cube.to_zarr(store, consolidated=False)
-            for device in devices:
-                options = NowcastOptions(device=device, bf16=args.bf16)
+            for device, name in [(d, m) for d in devices for m in args.methods]:
+                if name != "mimnet" and device != devices[0]:
+                    continue  # baselines run on the CPU only
+                fc = method(name, device)
+                options = NowcastOptions(leads=12 if name != "mimnet" else None)
                 times = []
                 for _ in range(args.repeats + 1):  # the first run warms up
+                    forecasters._RAW.clear()  # time the model, not its cache
                     start = time.perf_counter()
-                    forecast = nowcast(open_cube(store), model, options, source="bench")
+                    forecast = nowcast(open_cube(store), fc, options, source="bench")
                     path = write_nowcast(forecast, Path(tmp) / "out", source="bench")
                     if device.startswith("cuda"):
                         torch.cuda.synchronize()
@@ -77,9 +89,10 @@ def main(argv=None) -> int:
                     else "cpu",
                     "threads": torch.get_num_threads(),
                     "bf16": args.bf16,
-                    "model": model_name,
-                    "leads": model.config.output_length,
-                    "tiled": size * size > options.max_pixels,
+                    "method": name,
+                    "model": fc.describe() if name == "mimnet" else fc.description,
+                    "leads": int(forecast.sizes["time"]),
+                    "tiled": name == "mimnet" and size * size > fc.max_pixels,
                     "latency_s": round(min(times[1:]), 3),
                     "first_run_s": round(times[0], 3),
                     "netcdf_mb": round(path.stat().st_size / 2**20, 2),

@@ -16,7 +16,7 @@ from mimcast.flows.evaluate import evaluate_flow
 from mimcast.flows.ingest import ingest_flow
 from mimcast.flows.nowcast import nowcast_flow
 from mimcast.flows.train import train_flow
-from mimcast.pipeline.defaults import SHIPPED_CHECKPOINT
+from mimcast.pipeline.defaults import SYNTHETIC_CHECKPOINT
 from mimcast.pipeline.synthetic import SyntheticConfig, write_archive
 
 
@@ -46,7 +46,7 @@ def demo_flow(
     cube = str(root / "cube.zarr")
     ingest_flow(paths=[archive], cube=cube)
     logger.info("2/4 cube: %s", cube)
-    checkpoint = str(SHIPPED_CHECKPOINT)
+    checkpoint = str(SYNTHETIC_CHECKPOINT)
     if train:
         result = train_flow(cubes=[cube], out_dir=str(root / "run"), max_steps=max_steps)
         checkpoint = result["best"]

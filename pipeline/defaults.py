@@ -20,8 +20,11 @@ DEFAULT_RUNS = str(LOCAL / "runs" / "latest")
 DEFAULT_EVALUATION = str(LOCAL / "evaluation")
 DEFAULT_TRAIN_CONFIG = DATA / "train.toml"
 
-#: The default model for nowcast, evaluate and serve (see data/MODEL_CARD.md).
-SHIPPED_CHECKPOINT = DATA / "mimnet_synthetic.safetensors"
+#: The default model for nowcast, evaluate and serve: the Lagrangian MIMNet trained on real
+#: radar (see data/MODEL_CARD.md; not for commercial use: RMI data is in its training set).
+SHIPPED_CHECKPOINT = DATA / "mimnet_real.safetensors"
+#: The model of `mimcast demo`, trained on the synthetic storms the demo makes.
+SYNTHETIC_CHECKPOINT = DATA / "mimnet_synthetic.safetensors"
 
 # ---- nowcast
 NOWCAST_METHOD = "mimnet"  # forecast method of `mimcast nowcast` and the nowcast flow

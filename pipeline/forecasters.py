@@ -295,7 +295,7 @@ class MIMNetForecaster:
             _RAW[key] = raw  # variants of one model at one reference time share it
             while len(_RAW) > 4:  # a few entries: dask threads score several references
                 _RAW.pop(next(iter(_RAW)), None)
-        dbz = raw[:n_leads].copy()
+        dbz = _mark_no_data(raw[:n_leads].copy(), inputs[-1])  # before matching: same pixels
         if (self.postprocess or spec.postprocess) == "pm":
             dbz = probability_match(dbz, inputs[-1])
         dbz = np.where(np.isfinite(dbz) & (dbz < self.echo_threshold_dbz), NO_ECHO_DBZ, dbz)

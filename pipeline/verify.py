@@ -313,3 +313,21 @@ def markdown_report(rows: list[dict[str, Any]], *, title: str, notes: Sequence[s
         lines += ["", "## Figures", ""] + [f"![{name}]({name})" for name in images]
     lines += ["", "All scores: `scores.csv` (method, lead_time, metric, threshold, value, n)."]
     return "\n".join(lines) + "\n"
+
+
+def patch_seam_ratio(field: np.ndarray, patch: int) -> float:
+    """Mean |neighbour difference| across patch boundaries over that elsewhere (1: no seams).
+
+    ``field`` is ``(..., H, W)`` (NaN ignored); boundaries are between columns (and rows)
+    ``k * patch - 1`` and ``k * patch``, where a space-to-depth model's patches meet.
+    """
+    field = np.asarray(field, dtype=np.float64)
+    seams, rest = [], []
+    for axis in (-1, -2):
+        diff = np.abs(np.diff(field, axis=axis))
+        index = np.arange(diff.shape[axis])
+        at_seam = (index % patch) == patch - 1
+        seams.append(np.compress(at_seam, diff, axis=axis).ravel())
+        rest.append(np.compress(~at_seam, diff, axis=axis).ravel())
+    seam, other = np.concatenate(seams), np.concatenate(rest)
+    return float(np.nanmean(seam) / np.nanmean(other))

@@ -1,0 +1,134 @@
+"""The Lagrangian MIMNet: advection on tensors, training packs, and skill on real radar."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mimcast.models.advection import from_lagrangian, to_lagrangian, trajectories, warp
+from mimcast.pipeline.forecasters import MIMNetForecaster, get_forecaster
+from mimcast.pipeline.verify import patch_seam_ratio
+
+
+def _blob(h=48, w=64, row=20.0, col=20.0, sigma=4.0):
+    r, c = np.mgrid[0:h, 0:w]
+    return np.exp(-((r - row) ** 2 + (c - col) ** 2) / (2 * sigma**2)).astype(np.float32)
+
+
+def test_uniform_motion_moves_a_blob_by_whole_steps():
+    velocity = torch.zeros(1, 2, 48, 64)
+    velocity[:, 0], velocity[:, 1] = 3.0, -1.0  # 3 px/step along x, 1 px/step up
+    disp = trajectories(velocity, 4)
+    torch.testing.assert_close(disp[3, 0, :, 10, 10], torch.tensor([12.0, -4.0]))
+    field = torch.from_numpy(_blob())[None, None]
+    # where the echo at (row, col) will be in 4 steps: sample ahead along the motion
+    ahead, ok = warp(field, disp[3])
+    expected = torch.from_numpy(_blob(row=20 + 4, col=20 - 12))
+    inside = ok[0, 0] > 0
+    torch.testing.assert_close(ahead[0, 0][inside], expected[inside], atol=1e-5, rtol=0)
+    # pixels whose source lies beyond the right edge are unknown, not "no rain"
+    assert not inside[:, 52:].any() and not inside[:4].any() and inside[4:, :52].all()
+
+
+def test_lagrangian_round_trip_of_a_persistent_field_is_extrapolation():
+    velocity = torch.zeros(1, 2, 48, 64)
+    velocity[:, 0] = 2.0
+    frames = torch.from_numpy(np.stack([_blob(col=20 + 2 * k) for k in range(-3, 1)]))
+    frames = frames[None, :, None]  # (1, 4, 1, H, W): the blob moving 2 px/step
+    valid = torch.ones_like(frames)
+    lag, ok = to_lagrangian(frames, valid, velocity, 4)
+    # in the moving frame every input is the reference frame: nothing left to learn
+    for k in range(3):
+        inside = ok[0, k, 0] > 0
+        torch.testing.assert_close(lag[0, k, 0][inside], lag[0, 3, 0][inside], atol=1e-5, rtol=0)
+    out, known = from_lagrangian(lag[:, -1:].expand(1, 3, 1, 48, 64), velocity)
+    for k in range(3):  # persistence in the moving frame = advection of the last frame
+        inside = known[0, k, 0] > 0
+        expected = torch.from_numpy(_blob(col=20 + 2 * (k + 1)))
+        torch.testing.assert_close(out[0, k, 0][inside], expected[inside], atol=1e-5, rtol=0)
+        assert not inside[:, : 2 * (k + 1)].any()  # advected in from the left edge: unknown
+
+
+def test_patch_seam_ratio_detects_block_texture():
+    rng = np.random.default_rng(0)
+    smooth = np.cumsum(rng.normal(size=(64, 64)), axis=1)
+    assert patch_seam_ratio(smooth, 4) == pytest.approx(1.0, abs=0.1)
+    blocky = np.kron(rng.normal(size=(16, 16)), np.ones((4, 4))) * 5 + smooth * 0.1
+    assert patch_seam_ratio(blocky, 4) > 3
+
+
+def test_pack_round_trip_and_lagrangian_targets(tmp_path):
+    from mimcast.pipeline.packs import PackConfig, PackDataset, build_pack
+    from mimcast.pipeline.synthetic import SyntheticConfig, synthetic_cube
+
+    cube = synthetic_cube(SyntheticConfig(height=64, width=64, frames=40, seed=2, wind_u=15.0))
+    cube = cube.assign(observed=("time", np.ones(40, bool))).assign_attrs(time_step_minutes=5)
+    store = tmp_path / "c.zarr"
+    cube.to_zarr(store, consolidated=False)
+    config = PackConfig(n_inputs=4, n_outputs=6, patch=32, stride=16, min_coverage=0.01)
+    pack = build_pack([store], tmp_path / "pack.npz", config, progress=False)
+    eul = PackDataset(pack, "train", frame="eulerian")
+    lag = PackDataset(pack, "train", frame="lagrangian")
+    assert len(eul) == len(lag) > 0 and len(PackDataset(pack, "val")) > 0
+    frames, valid = eul[0]
+    assert frames.shape == (10, 1, 32, 32) and valid.shape == frames.shape
+    # Eulerian items are the cube's values (quantised to 0.3 dB)
+    _, i, r, c = eul.items[0]
+    start = int(eul.arrays["starts_0"][i])
+    dbz = np.nan_to_num(cube.reflectivity.values[start : start + 10, r : r + 32, c : c + 32],
+                        nan=0.0)  # fmt: skip
+    np.testing.assert_allclose(frames[:, 0].numpy() * 70, np.clip(dbz, 0, 70), atol=0.2)
+
+    # moving with the wind, the targets change less than in the fixed frame
+    def change(ds):
+        total = 0.0
+        for j in range(len(ds)):
+            x, v = ds[j]
+            ok = (v[3:] > 0) & (v[3:4] > 0)
+            total += float(((x[3:] - x[3:4]).abs() * ok).sum() / ok.sum().clamp_min(1))
+        return total
+
+    assert change(lag) < 0.8 * change(eul)
+
+
+@pytest.fixture(scope="module")
+def unseen_cube(radar_samples, tmp_path_factory):
+    """DWD's RADKLIM YW archive: the shipped model was trained without it (see MODEL_CARD)."""
+    from mimcast.pipeline.cli import main
+    from mimcast.pipeline.cube import open_cube
+
+    store = tmp_path_factory.mktemp("yw") / "yw.zarr"
+    code = main(["ingest", str(radar_samples / "radolan-yw-20170816"), "--out", str(store),
+                 "--coarsen", "2", "--quiet"])  # fmt: skip
+    assert code == 0
+    return open_cube(store)
+
+
+@pytest.mark.real_data
+def test_shipped_model_beats_persistence_on_real_radar(unseen_cube):
+    from mimcast.pipeline.verify import VerifyOptions, hindcast, reference_times
+
+    model = MIMNetForecaster()
+    refs = reference_times(unseen_cube, model.input_frames, 6)
+    assert len(refs) == 3
+    methods = {"mimnet": model, "persistence": get_forecaster("persistence")}
+    scores = hindcast(unseen_cube, refs, model.input_frames, 6, 5, methods, VerifyOptions())
+    mse = {(r["method"], r["lead_time"]): r["value"] for r in scores.table()
+           if r["metric"] == "MSE"}  # fmt: skip
+    csi = {(r["method"], r["lead_time"]): r["value"] for r in scores.table()
+           if r["metric"] == "CSI" and r["threshold"] == "20 dBZ"}  # fmt: skip
+    for lead in (10, 20, 30):
+        assert mse[("mimnet", lead)] < mse[("persistence", lead)], lead
+        assert csi[("mimnet", lead)] > csi[("persistence", lead)], lead
+
+
+@pytest.mark.real_data
+def test_real_nowcast_has_no_patch_grid(unseen_cube):
+    from mimcast.pipeline.nowcast import NowcastOptions, nowcast
+
+    forecast = nowcast(unseen_cube, MIMNetForecaster(), NowcastOptions(time="latest"))
+    dbz = np.maximum(forecast.reflectivity.values, 0.0)
+    patch = MIMNetForecaster().loaded.model.config.patch_size
+    ratio = patch_seam_ratio(dbz, patch)
+    assert ratio < 1.10, ratio

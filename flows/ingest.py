@@ -8,6 +8,7 @@ from prefect.artifacts import create_markdown_artifact
 from mimcast.flows.common import DEFAULT_CUBE, DEFAULT_INCOMING, dask_task_runner
 from mimcast.pipeline.ingest import IngestOptions, discover, ingest, report_path, scan_file
 from mimcast.pipeline.readers import ZR
+from mimcast.pipeline.zr import MARSHALL_PALMER
 
 scan_task = task(scan_file, name="scan-file", retries=2, retry_delay_seconds=5)
 
@@ -25,8 +26,8 @@ def ingest_flow(
     paths: list[str] | None = None,
     cube: str = DEFAULT_CUBE,
     format: str = "auto",
-    zr_a: float = 200.0,
-    zr_b: float = 1.6,
+    zr_a: float = MARSHALL_PALMER.a,
+    zr_b: float = MARSHALL_PALMER.b,
     step_minutes: int | None = None,
 ) -> dict:
     """Ingest new files (default: ``data/local/incoming``) into the Zarr cube."""

@@ -227,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
         SERVE_INTERVAL_MINUTES,
     )
     from mimcast.pipeline.forecasters import list_forecasters
+    from mimcast.pipeline.zr import MARSHALL_PALMER
 
     try:
         release = version("mimcast")
@@ -278,9 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--zr",
         type=float,
         nargs=2,
-        default=(200.0, 1.6),
+        default=(MARSHALL_PALMER.a, MARSHALL_PALMER.b),
         metavar=("A", "B"),
-        help="Z = A R^B for rain rates and accumulations (default 200 1.6)",
+        help="Z = A R^B for rain rates and accumulations (default Marshall-Palmer, "
+        f"{MARSHALL_PALMER.a:g} {MARSHALL_PALMER.b:g})",
     )
     p.add_argument("--step-minutes", type=int, help="time step (default: inferred)")
     p.add_argument(
@@ -311,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="run configuration TOML ([model], [data], [train]); "
                    "default: the shipped data/train.toml")  # fmt: skip
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
-    p.add_argument("--max-steps", type=int, help="override [train] max_steps")
+    p.add_argument("--max-steps", type=_positive_int, help="override [train] max_steps")
     p.add_argument("--device", help="override [train] device (auto, cpu, cuda, cuda:1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)

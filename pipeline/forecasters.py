@@ -150,11 +150,9 @@ class Persistence:
 
 
 @dataclass
-class Extrapolation:
-    """pysteps Lucas-Kanade motion, semi-Lagrangian advection of the last frame."""
+class _MotionMethod:
+    """A method driven by the Lucas-Kanade motion of the last ``motion_frames`` inputs."""
 
-    name: ClassVar[str] = "extrapolation"
-    description: ClassVar[str] = "pysteps Lucas-Kanade motion + semi-Lagrangian advection"
     motion_frames: int = MOTION_FRAMES
     max_leads: int | None = None
     default_leads: int = DEFAULT_LEADS
@@ -162,6 +160,14 @@ class Extrapolation:
     @property
     def input_frames(self) -> int:
         return self.motion_frames
+
+
+@dataclass
+class Extrapolation(_MotionMethod):
+    """pysteps Lucas-Kanade motion, semi-Lagrangian advection of the last frame."""
+
+    name: ClassVar[str] = "extrapolation"
+    description: ClassVar[str] = "pysteps Lucas-Kanade motion + semi-Lagrangian advection"
 
     def __call__(self, inputs: np.ndarray, n_leads: int) -> np.ndarray:
         velocity = motion_field(inputs, self.motion_frames)
@@ -175,18 +181,11 @@ class Extrapolation:
 
 
 @dataclass
-class SProg:
+class SProg(_MotionMethod):
     """pysteps S-PROG: cascade decomposition with scale-dependent AR(2) smoothing."""
 
     name: ClassVar[str] = "sprog"
     description: ClassVar[str] = "pysteps S-PROG (spectral cascade, AR(2) per scale)"
-    motion_frames: int = MOTION_FRAMES
-    max_leads: int | None = None
-    default_leads: int = DEFAULT_LEADS
-
-    @property
-    def input_frames(self) -> int:
-        return self.motion_frames
 
     def __call__(self, inputs: np.ndarray, n_leads: int) -> np.ndarray:
         velocity = motion_field(inputs, self.motion_frames)

@@ -78,7 +78,10 @@ def write_nowcast(
     path = out / nowcast_filename(source, reference)
     ds = add_latlon(forecast)
     for name in PRODUCTS:
-        ds[name].attrs["coordinates"] = "lat lon forecast_period forecast_reference_time"
+        ds[name].attrs = {
+            **ds[name].attrs,
+            "coordinates": "lat lon forecast_period forecast_reference_time",
+        }
     ds.attrs = {
         "Conventions": "CF-1.8",
         "title": f"mimcast precipitation nowcast from {source}",

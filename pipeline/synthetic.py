@@ -108,8 +108,8 @@ class SyntheticConfig:
     radars: int = 3  # radars in the composite (their range circles make the coverage)
     coverage_radius: float = 0.5  # radar range as a fraction of the larger grid side
     min_dbz: float = 7.0  # weaker echoes are reported as undetect
-    zr_a: float = 200.0  # Z = a R^b (Marshall-Palmer)
-    zr_b: float = 1.6  # Z = a R^b (Marshall-Palmer)
+    zr_a: float = MARSHALL_PALMER.a  # Z = a R^b (Marshall-Palmer)
+    zr_b: float = MARSHALL_PALMER.b  # Z = a R^b (Marshall-Palmer)
 
     def __post_init__(self) -> None:
         if self.height < 8 or self.width < 8:

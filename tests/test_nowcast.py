@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -162,23 +161,20 @@ def test_cf_checker_reports_no_errors(written):
 
 WRITER = textwrap.dedent(
     """
-    import sys, numpy as np, xarray as xr
+    import sys, time, xarray as xr
     from mimcast.pipeline.netcdf import write_nowcast
-    small = xr.open_dataset(sys.argv[1]).load()
-    nt, ny, nx = 24, 1000, 1200
-    x = small.x.values[0] + 1000.0 * np.arange(nx)
-    y = small.y.values[0] - 1000.0 * np.arange(ny)
-    noise = np.random.default_rng(0).random((nt, ny, nx), dtype=np.float32)
-    t0 = small.forecast_reference_time.values
-    big = xr.Dataset(
-        {name: (("time", "y", "x"), noise * 50, small[name].attrs) for name in
-         ("reflectivity", "rainfall_rate", "precipitation_amount")},
-        coords={"time": t0 + np.arange(1, nt + 1) * np.timedelta64(5, "m"),
-                "forecast_period": ("time", np.arange(1, nt + 1) * 5),
-                "forecast_reference_time": t0, "x": ("x", x, small.x.attrs),
-                "y": ("y", y, small.y.attrs), "crs": small.crs})
-    print("ready", flush=True)
-    write_nowcast(big, sys.argv[2], source="syn")
+    forecast = xr.open_dataset(sys.argv[1]).load()
+    for var in forecast.variables.values():
+        var.encoding = {}
+    original = xr.Dataset.to_netcdf
+
+    def stall_after_writing(self, path, *args, **kwargs):
+        original(self, path, *args, **kwargs)  # the temporary file is complete ...
+        print("written", path, flush=True)
+        time.sleep(120)  # ... and the writer is killed before it renames it
+
+    xr.Dataset.to_netcdf = stall_after_writing
+    write_nowcast(forecast, sys.argv[2], source="syn")
     """
 )
 
@@ -195,12 +191,10 @@ def test_killed_writer_leaves_the_previous_file_intact(written, tmp_path):
     cmd = [sys.executable, "-c", WRITER, str(src), str(out)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             text=True)  # fmt: skip
-    assert proc.stdout.readline().strip() == "ready"
-    deadline = time.monotonic() + 120
-    while not list(out.glob(".nowcast_*.tmp")) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.3)
-    assert proc.poll() is None, "the writer finished before it could be killed"
+    line = proc.stdout.readline().split()
+    assert line[0] == "written", "the writer died before writing"
+    assert Path(line[1]).parent == out and Path(line[1]).name.startswith(".nowcast_")
+    assert Path(line[1]).stat().st_size > 0 and proc.poll() is None
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert target.read_bytes() == before  # the previous file, untouched
@@ -293,3 +287,21 @@ def test_products_use_the_z_r_relation_of_the_cube(cube):
     rain = np.nan_to_num(expected) > 1
     assert not np.allclose(expected[rain], marshall[rain])
     assert forecast.rainfall_rate.attrs["zr_a"] == 300.0
+
+
+@pytest.mark.parametrize("method", ["persistence", "extrapolation"])
+def test_cli_nowcast_with_a_baseline_writes_the_same_product(cube, tmp_path, method, capsys):
+    from mimcast.pipeline.cli import main
+
+    store = tmp_path / "c.zarr"
+    cube.to_zarr(store, consolidated=False)
+    code = main(["nowcast", str(store), "--method", method, "--steps", "6",
+                 "--out", str(tmp_path / "o")])  # fmt: skip
+    assert code == 0 and method in capsys.readouterr().out
+    (path,) = (tmp_path / "o").glob("nowcast_c_*.nc")
+    with read_nowcast(path) as ds:
+        assert ds.sizes["time"] == 6 and method in ds.attrs["source"]
+        assert set(ds.data_vars) >= {"reflectivity", "rainfall_rate", "precipitation_amount"}
+        last = cube.reflectivity.values[-1]
+        if method == "persistence":
+            np.testing.assert_allclose(ds.reflectivity.values[3], last, equal_nan=True)

@@ -158,7 +158,9 @@ def _cmd_loao(args: argparse.Namespace) -> int:
         pooled = loao.evaluate_all(args.cubes, out, variants=variants, max_refs=args.max_refs,
                                    device=args.device or "auto",
                                    progress=not args.quiet)  # fmt: skip
+        loao.summary(out)
         print(f"pooled report: {(pooled / 'report.md').resolve()}")
+        print(f"summary: {(out / 'summary.md').resolve()}")
         print(f"per archive: {(out / 'per_archive.csv').resolve()}")
     return 0
 

@@ -240,3 +240,66 @@ def evaluate_all(
         writer.writeheader()
         writer.writerows(per_archive)
     return target
+
+
+def summary(out: Path) -> str:
+    """Markdown tables of a finished run: pooled scores per lead step, and per-archive verdicts.
+
+    Written to ``DIR/summary.md``; the model card quotes it.
+    """
+    pooled: dict[tuple[str, str, str, int], float] = {}
+    with (out / "pooled" / "scores.csv").open() as fh:
+        for r in csv.DictReader(fh):
+            pooled[(r["method"], r["metric"], r["threshold"], int(r["lead_time"]))] = float(
+                r["value"]
+            )
+    methods = sorted({k[0] for k in pooled}, key=lambda m: (not m.startswith("mimnet"), m))
+    steps = sorted({k[3] for k in pooled})
+    shown = [s for s in (1, 2, 3, 6, 9, 12) if s in steps]
+    lines = ["### Pooled over the left-out archives (lead in model steps)", ""]
+    for metric, threshold, label in (("CSI", "20 dBZ", "CSI ≥ 20 dBZ"),
+                                     ("CSI", "30 dBZ", "CSI ≥ 30 dBZ"),
+                                     ("MSE", "", "MSE (dBZ²)"),
+                                     ("FSS", "30 dBZ @ 11 px", "FSS ≥ 30 dBZ, 11 px")):  # fmt: skip
+        lines += [f"**{label}**", "", "| method | " + " | ".join(f"+{s}" for s in shown) + " |",
+                  "|---" * (len(shown) + 1) + "|"]  # fmt: skip
+        for m in methods:
+            cells = [pooled.get((m, metric, threshold, s), float("nan")) for s in shown]
+            lines.append(f"| {m} | " + " | ".join(f"{v:.3f}" if metric != "MSE" else f"{v:.1f}"
+                                                  for v in cells) + " |")  # fmt: skip
+        lines.append("")
+    rows: dict[tuple[str, str, str, str, int], float] = {}
+    with (out / "per_archive.csv").open() as fh:
+        for r in csv.DictReader(fh):
+            rows[(r["archive"], r["method"], r["metric"], r["threshold"], int(r["lead_time"]))] = (
+                float(r["value"])
+            )
+    archives = sorted({k[0] for k in rows})
+    models = [m for m in methods if m.startswith("mimnet")]
+    lines += ["### Per left-out archive: leads where the model wins", "",
+              "| archive | model | MSE < persistence | CSI20 > persistence | "
+              "MSE < extrapolation | CSI20 ≥ extrapolation | CSI30 ≥ extrapolation |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
+
+    def wins(a, m, base, metric, thr, better):
+        leads = sorted({k[4] for k in rows if k[0] == a and k[1] == m and k[2] == metric
+                        and k[3] == thr})  # fmt: skip
+        ok = [
+            s
+            for s in leads
+            if better(rows[(a, m, metric, thr, s)], rows.get((a, base, metric, thr, s), np.nan))
+        ]
+        return f"{len(ok)}/{len(leads)}"
+
+    for a in archives:
+        for m in models:
+            lines.append(
+                f"| {a} | {m} | {wins(a, m, 'persistence', 'MSE', '', lambda x, y: x < y)} | "
+                f"{wins(a, m, 'persistence', 'CSI', '20 dBZ', lambda x, y: x > y)} | "
+                f"{wins(a, m, 'extrapolation', 'MSE', '', lambda x, y: x < y)} | "
+                f"{wins(a, m, 'extrapolation', 'CSI', '20 dBZ', lambda x, y: x >= y)} | "
+                f"{wins(a, m, 'extrapolation', 'CSI', '30 dBZ', lambda x, y: x >= y)} |"
+            )
+    text = "\n".join(lines) + "\n"
+    (out / "summary.md").write_text(text)
+    return text

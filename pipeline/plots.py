@@ -122,6 +122,11 @@ def draw_dbz(ax, proj, ds: xr.Dataset, field: np.ndarray):
     )  # fmt: skip
 
 
+def _method(forecast: xr.Dataset) -> str:
+    method = str(forecast.attrs.get("method", "mimnet"))
+    return "MIMNet" if method == "mimnet" else method
+
+
 def quicklook(forecast: xr.Dataset, lead_minutes: int, path: str | Path) -> Path:
     """Draw the forecast reflectivity at ``lead_minutes`` as a PNG map; return its path."""
     leads = forecast["forecast_period"].values.tolist()
@@ -133,7 +138,8 @@ def quicklook(forecast: xr.Dataset, lead_minutes: int, path: str | Path) -> Path
     img = draw_dbz(ax, proj, forecast, forecast["reflectivity"].values[i])
     ref = np.datetime64(forecast["forecast_reference_time"].values, "m")
     valid = np.datetime64(forecast.time.values[i], "m")
-    ax.set_title(f"MIMNet nowcast +{lead_minutes} min\nvalid {valid} UTC (from {ref} UTC)")
+    ax.set_title(f"{_method(forecast)} nowcast +{lead_minutes} min\nvalid {valid} UTC "
+                 f"(from {ref} UTC)")  # fmt: skip
     fig.colorbar(img, ax=ax, shrink=0.75, label="reflectivity (dBZ)", extend="max")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -154,7 +160,7 @@ def animation(forecast: xr.Dataset, path: str | Path, fps: float = 3.0) -> Path:
 
     def frame(i: int):
         img.set_data(forecast["reflectivity"].values[i])
-        ax.set_title(f"MIMNet nowcast +{int(leads[i])} min, valid "
+        ax.set_title(f"{_method(forecast)} nowcast +{int(leads[i])} min, valid "
                      f"{np.datetime64(forecast.time.values[i], 'm')} UTC")  # fmt: skip
         return (img,)
 

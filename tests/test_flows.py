@@ -234,8 +234,8 @@ def test_train_flow_trains_and_reports_its_checkpoints(harness, assets, tmp_path
     config = tmp_path / "tiny.toml"
     config.write_text(
         "[model]\nnum_layers = 2\nnum_hidden = 8\nfilter_size = 3\npatch_size = 4\n"
-        "[data]\ninput_length = 4\noutput_length = 3\npatch = 32\nstride = 16\n"
-        "min_coverage = 0.0\ntrain = 0.5\nval = 0.3\nbuffer = 0\n"
+        "[data]\ninput_length = 3\noutput_length = 2\npatch = 32\nstride = 16\n"
+        "min_coverage = 0.0\ntrain = 0.45\nval = 0.5\nbuffer = 0\n"
         "[train]\nbatch_size = 2\nval_every = 2\nval_batches = 1\nbf16 = false\n"
     )
     result = train_flow(cubes=[str(root / "cube.zarr")], out_dir=str(tmp_path / "run"),

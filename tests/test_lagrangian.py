@@ -105,6 +105,7 @@ def unseen_cube(radar_samples, tmp_path_factory):
     return open_cube(store)
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_shipped_model_beats_persistence_on_real_radar(unseen_cube):
     from mimcast.pipeline.verify import VerifyOptions, hindcast, reference_times
@@ -123,6 +124,7 @@ def test_shipped_model_beats_persistence_on_real_radar(unseen_cube):
         assert csi[("mimnet", lead)] > csi[("persistence", lead)], lead
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_real_nowcast_has_no_patch_grid(unseen_cube):
     from mimcast.pipeline.nowcast import NowcastOptions, nowcast

@@ -159,6 +159,7 @@ def test_evaluate_writes_scores_report_and_plots(advection_cube, tmp_path):
         assert (out / name).stat().st_size > 5000
 
 
+@pytest.mark.slow
 def test_hindcast_on_a_real_dask_cluster_matches_local_threads(advection_cube, tmp_path):
     import socket
     import subprocess

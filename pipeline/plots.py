@@ -1,14 +1,16 @@
 """Pictures: cartopy quicklooks of nowcasts in the data's own projection, animations, skill curves.
 
 Maps are drawn in the grid's projection (from ``crs_wkt``), with a dBZ colour scale,
-gridlines and lat/lon labels. Coastlines and borders are added when the Natural Earth
-shapefiles are already on disk for cartopy (``cartopy.config['pre_existing_data_dir']`` or
-``data_dir``, or ``$CARTOPY_DATA_DIR``); otherwise the map is drawn without them and a warning
-says how to add them. mimcast never lets cartopy download anything.
+gridlines and lat/lon labels, and Natural Earth 1:50m coastlines and land borders shipped in
+``data/naturalearth/`` (public domain; "Made with Natural Earth"), so maps need no download
+and no cartopy data directory. mimcast never lets cartopy download anything.
 """
 
 from __future__ import annotations
 
+import functools
+import gzip
+import json
 import os
 import warnings
 from pathlib import Path
@@ -76,28 +78,49 @@ def extent(ds: xr.Dataset) -> tuple[float, float, float, float]:
     return x.min() - dx / 2, x.max() + dx / 2, y.min() - dy / 2, y.max() + dy / 2
 
 
-def natural_earth_available(resolution: str = "50m") -> bool:
-    """Whether cartopy finds Natural Earth coastlines on disk (no download)."""
-    rel = Path("shapefiles", "natural_earth", "physical", f"ne_{resolution}_coastline.shp")
-    dirs = [cartopy.config.get("pre_existing_data_dir"), cartopy.config.get("data_dir")]
-    return any(d and (Path(d) / rel).exists() for d in dirs)
+#: Natural Earth 1:50m coastlines and land borders (GeoJSON, gzip), shipped with mimcast.
+NATURAL_EARTH = Path(__file__).resolve().parents[1] / "data" / "naturalearth"
+_LAYERS = (("ne_50m_coastline", "0.15", 0.6), ("ne_50m_admin_0_boundary_lines_land", "0.35", 0.5))
 
 
-def _add_geography(ax) -> None:
-    for resolution in ("10m", "50m", "110m"):
-        if natural_earth_available(resolution):
-            import cartopy.feature as cfeature
+@functools.cache
+def natural_earth(name: str) -> tuple:
+    """The line geometries (lon/lat) of a shipped Natural Earth layer, read once."""
+    with gzip.open(NATURAL_EARTH / f"{name}.json.gz", "rt") as fh:
+        doc = json.load(fh)
+    return tuple(sgeom.shape(feature["geometry"]) for feature in doc["features"])
 
-            ax.coastlines(resolution=resolution, linewidth=0.7)
-            ax.add_feature(cfeature.BORDERS.with_scale(resolution), linewidth=0.5)
-            return
-    warnings.warn(
-        "Natural Earth coastlines are not installed for cartopy, so the map has none. To add "
-        "them, put the Natural Earth shapefiles under "
-        f"{cartopy.config.get('data_dir')}/shapefiles/natural_earth/ (or point "
-        "CARTOPY_DATA_DIR at a copy); mimcast never downloads them itself.",
-        stacklevel=3,
-    )
+
+def _lonlat_box(ds: xr.Dataset) -> sgeom.Polygon:
+    """A lon/lat box around the grid (its edges transformed, 2 degrees of margin)."""
+    import pyproj
+
+    x0, x1, y0, y1 = extent(ds)
+    t = np.linspace(0.0, 1.0, 33)
+    xs = np.concatenate([x0 + (x1 - x0) * t, np.full_like(t, x1), x1 - (x1 - x0) * t,
+                         np.full_like(t, x0)])  # fmt: skip
+    ys = np.concatenate([np.full_like(t, y0), y0 + (y1 - y0) * t, np.full_like(t, y1),
+                         y1 - (y1 - y0) * t])  # fmt: skip
+    to_lonlat = pyproj.Transformer.from_crs(cube_crs(ds), "EPSG:4326", always_xy=True)
+    lon, lat = to_lonlat.transform(xs, ys)
+    ok = np.isfinite(lon) & np.isfinite(lat)
+    if not ok.any():
+        return sgeom.box(-180, -90, 180, 90)
+    return sgeom.box(max(lon[ok].min() - 2, -180), max(lat[ok].min() - 2, -90),
+                     min(lon[ok].max() + 2, 180), min(lat[ok].max() + 2, 90))  # fmt: skip
+
+
+def _add_geography(ax, ds: xr.Dataset) -> None:
+    try:
+        box = _lonlat_box(ds)
+        for name, color, width in _LAYERS:
+            lines = [g for g in natural_earth(name) if g.intersects(box)]
+            if lines:
+                ax.add_geometries(lines, ccrs.PlateCarree(), facecolor="none", edgecolor=color,
+                                  linewidth=width)  # fmt: skip
+    except OSError as err:  # a stripped installation: draw the map anyway
+        warnings.warn(f"Natural Earth layers unreadable ({err}); map without coastlines",
+                      stacklevel=3)  # fmt: skip
 
 
 def map_axes(fig, ds: xr.Dataset, position=111):
@@ -106,7 +129,7 @@ def map_axes(fig, ds: xr.Dataset, position=111):
     args = position if isinstance(position, tuple) else (position,)
     ax = fig.add_subplot(*args, projection=proj)
     ax.set_extent(extent(ds), crs=proj)
-    _add_geography(ax)
+    _add_geography(ax, ds)
     gl = ax.gridlines(draw_labels=True, linewidth=0.4, color="0.4", alpha=0.6)
     gl.top_labels = gl.right_labels = False
     return ax, proj

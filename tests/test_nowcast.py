@@ -243,8 +243,7 @@ def test_quicklook_png_and_animation_are_drawn(written, tmp_path):
     forecast, _ = written
     strong = forecast.copy()
     strong["reflectivity"] = forecast.reflectivity.fillna(0) * 0 + 40.0  # a field to see
-    with pytest.warns(UserWarning, match="mimcast never downloads them"):
-        png = quicklook(strong, 10, tmp_path / "map.png")  # no Natural Earth here: no coasts
+    png = quicklook(strong, 10, tmp_path / "map.png")
     img = np.asarray(Image.open(png).convert("RGB")).astype(int)
     assert img.shape[0] > 300 and img.std() > 20
     # the 40 dBZ colour covers a large part of the map
@@ -255,6 +254,27 @@ def test_quicklook_png_and_animation_are_drawn(written, tmp_path):
         assert anim.n_frames == 3
     with pytest.raises(ValueError, match="lead time 7 min"):
         quicklook(forecast, 7, tmp_path / "x.png")
+
+
+def test_maps_draw_the_shipped_coastlines_and_borders(tmp_path, monkeypatch):
+    import warnings
+
+    from PIL import Image
+
+    from mimcast.pipeline import plots
+    from mimcast.pipeline.forecasters import get_forecaster
+
+    # 400 km around 52N 10E: the German North Sea coast and the Dutch border are on the map
+    big = synthetic_cube(SyntheticConfig(height=400, width=400, frames=2, seed=3))
+    big = big.assign(observed=("time", np.ones(2, bool))).assign_attrs(time_step_minutes=5)
+    forecast = nowcast(big, get_forecaster("persistence"), NowcastOptions(leads=1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "coastlines missing" warning any more
+        with_lines = np.asarray(Image.open(plots.quicklook(forecast, 5, tmp_path / "a.png")))
+    monkeypatch.setattr(plots, "_LAYERS", ())
+    without = np.asarray(Image.open(plots.quicklook(forecast, 5, tmp_path / "b.png")))
+    changed = np.abs(with_lines.astype(int) - without.astype(int)).sum(axis=-1) > 60
+    assert changed.sum() > 100  # the coastline and border lines (none: 0)
 
 
 def test_cli_nowcast_with_a_checkpoint(cube, model, tmp_path):

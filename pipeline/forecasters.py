@@ -91,9 +91,9 @@ def motion_field(
     _, height, width = field_.shape
     factor = 1 if max_side is None else max(1, -(-max(height, width) // max_side))
     if factor > 1:
-        hh, ww = -(-height // factor) * factor, -(-width // factor) * factor
-        pad = np.pad(field_, ((0, 0), (0, hh - height), (0, ww - width)), mode="edge")
-        field_ = pad.reshape(len(pad), hh // factor, factor, ww // factor, factor).mean((2, 4))
+        from mimcast.pipeline.packs import block_mean
+
+        field_ = block_mean(field_, factor)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         velocity = pysteps().motion.get_method("LK")(field_, verbose=False)

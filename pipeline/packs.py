@@ -76,7 +76,8 @@ class PackConfig:
     seed: int = 0
 
 
-def _block_mean(v: np.ndarray, k: int) -> np.ndarray:
+def block_mean(v: np.ndarray, k: int) -> np.ndarray:
+    """Average ``(C, H, W)`` over ``k x k`` blocks (edges padded by repetition)."""
     c, h, w = v.shape
     hh, ww = -(-h // k) * k, -(-w // k) * k
     pad = np.pad(v, ((0, 0), (0, hh - h), (0, ww - w)), mode="edge")
@@ -127,7 +128,7 @@ def build_pack(
         for i, s in enumerate(starts):
             inputs = dbz[s : s + config.n_inputs]
             velocity = motion_field(inputs, config.motion_frames, MODEL_MOTION_SIDE)
-            velocities.append(_block_mean(velocity, VELOCITY_BLOCK).astype(np.float16))
+            velocities.append(block_mean(velocity, VELOCITY_BLOCK).astype(np.float16))
             echo = np.nan_to_num(inputs[-1], nan=-99.0) >= config.echo_dbz
             integral = np.zeros((height + 1, width + 1), dtype=np.int64)
             integral[1:, 1:] = echo.cumsum(0).cumsum(1)

@@ -40,6 +40,7 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
 from mimcast.models.checkpoint import InputConfig, save_checkpoint
+from mimcast.models.device import check_device_name, resolve_device
 from mimcast.models.mimnet import MIMNet, MIMNetConfig, autocast, compile_step
 from mimcast.pipeline.atomic import atomic_path
 from mimcast.pipeline.zr import MARSHALL_PALMER
@@ -79,6 +80,7 @@ class TrainConfig:
         for name in ("batch_size", "max_steps", "val_every", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)}: must be >= 1")
+        check_device_name(self.device)
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,10 +258,7 @@ class _Dist:
 def _setup(config: TrainConfig) -> _Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if config.device == "auto":
-        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(config.device)
+    device = resolve_device(config.device, local_rank)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
@@ -360,8 +359,8 @@ def train(
     if state_path.exists():
         prog = _load_state(state_path, model, opt, sched, gen)
         step, epoch, position, best = prog["step"], prog["epoch"], prog["position"], prog["best"]
-        if env.main:
-            _truncate_metrics(metrics_path, step)
+    if env.main:  # also without a state: a run killed before its first checkpoint logged too
+        _truncate_metrics(metrics_path, step)
     net: torch.nn.Module = model
     if config.compile:
         compile_step(model)
@@ -470,14 +469,27 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drop log lines written after the resumed step (a killed run may have got further)."""
     if not path.exists():
         return
-    lines = path.read_text().splitlines()
-    keep = [line for line in lines if line and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in keep))
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line cut short by the kill
+            continue
+        if record.get("step", 0) <= step:
+            keep.append(line)
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in keep))
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """Return the records of a ``metrics.jsonl``."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    records = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:  # empty, or cut short by a kill
+            continue
+    return records
 
 
 def plot_curves(metrics_path: Path, png: Path) -> Path | None:

@@ -4,23 +4,61 @@ Each command parses plain arguments and calls one function of the plain applicat
 (``pipeline.training``, ``pipeline.nowcast``, ``pipeline.evaluation``, ...), the same
 functions the Prefect flows call; imports happen inside the command so that ``mimcast
 --help`` stays fast. Only ``serve`` and ``demo``, which are Prefect by nature, import
-``mimcast.flows``. Option defaults come from ``pipeline.defaults``, as the flows' do. A user
-error (bad argument, missing file, invalid configuration) prints one line,
-``mimcast <command>: error: ...``, and exits with status 2; no traceback. Set
-``MIMCAST_DEBUG=1`` to see the traceback anyway.
+``mimcast.flows``. Option defaults come from ``pipeline.defaults``, as the flows' do.
+
+Every failure is one line on stderr, ``mimcast <command>: error: ...``, with no traceback
+(``MIMCAST_DEBUG=1`` shows it), and the exit status says which kind it was:
+
+====  =====================================================================================
+0     success
+1     runtime error: the data, the files or the machine failed (missing or broken cube,
+      unreadable input, disk full, no valid input pixel, another ingest holds the cube)
+2     usage error: the command line or a configuration file it names is wrong
+4     partial: the command finished but skipped some input (ingest: see its report)
+130   interrupted (Ctrl-C)
+====  =====================================================================================
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
-EXIT_USAGE = 2
+EXIT_RUNTIME = 1  # the data, the files or the machine failed
+EXIT_USAGE = 2  # the command line (or a configuration file it names) is wrong
 EXIT_PARTIAL = 4  # the command finished, but skipped some input (see its report)
+EXIT_INTERRUPTED = 130
+EXIT_CODES = (
+    f"Exit status: 0 success, {EXIT_RUNTIME} runtime error (data, files, machine), "
+    f"{EXIT_USAGE} usage error (command line or configuration), {EXIT_PARTIAL} partial "
+    f"(some input skipped), {EXIT_INTERRUPTED} interrupted."
+)
+
+
+class UsageError(ValueError):
+    """The command line asks for something impossible; exit status 2."""
+
+
+@contextmanager
+def _as_usage() -> Iterator[None]:
+    """Turn a ``ValueError`` raised while building options from arguments into a usage error."""
+    try:
+        yield
+    except UsageError:
+        raise
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+
+
+def printable(text: str) -> str:
+    """Escape control characters (newlines in file names ...) so one message stays one line."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(text))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,7 +81,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "start": args.start,
     }
-    config = dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
+    with _as_usage():
+        config = dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
     paths = write_archive(config, args.out_dir, progress=not args.quiet)
     print(f"wrote {len(paths)} ODIM_H5 files to {Path(args.out_dir).resolve()}")
     return 0
@@ -53,16 +92,19 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     from mimcast.pipeline.ingest import IngestOptions, ingest, report_path
     from mimcast.pipeline.readers import ZR, get_reader
 
-    if args.format != "auto":
-        get_reader(args.format)  # an unknown name fails here, listing the known ones
-    options = IngestOptions(
-        format=args.format,
-        zr=ZR(args.zr[0], args.zr[1]),
-        step_minutes=args.step_minutes,
-        crop=tuple(args.crop) if args.crop else None,
-        coarsen=args.coarsen,
-        scheduler=args.scheduler,
-    )
+    with _as_usage():
+        if args.format != "auto":
+            get_reader(args.format)  # an unknown name fails here, listing the known ones
+        options = IngestOptions(
+            format=args.format,
+            zr=ZR(args.zr[0], args.zr[1]),
+            step_minutes=args.step_minutes,
+            crop=tuple(args.crop) if args.crop else None,
+            coarsen=args.coarsen,
+            scheduler=args.scheduler,
+            max_gap_minutes=args.max_gap_minutes,
+            wait_s=args.wait,
+        )
     report = ingest(args.paths, args.out, options, progress=not args.quiet)
     print(
         f"{report.status}: {report.new_frames} new frames, {report.filled_gaps} gaps filled, "
@@ -71,7 +113,11 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         f"{len(report.gaps)} gaps in {report.time_range[0]} .. {report.time_range[-1]}"
     )
     for item in report.skipped + report.conflicts:
-        print(f"  skipped {item['file']}: {item['reason']}", file=sys.stderr)
+        print(f"  skipped {printable(item['file'])}: {printable(item['reason'])}",
+              file=sys.stderr)  # fmt: skip
+    if report.ignored:
+        print(f"  ignored {len(report.ignored)} sidecar file(s) (listed in the report)",
+              file=sys.stderr)  # fmt: skip
     print(f"cube: {Path(args.out).resolve()}  report: {report_path(args.out).resolve()}")
     return 0 if report.complete else EXIT_PARTIAL
 
@@ -84,6 +130,50 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be >= 1")
     return value
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = _non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text} must be > 0")
+    return value
+
+
+def _device(text: str) -> str:
+    """A device name this machine has (checked before any work starts)."""
+    from mimcast.models.device import resolve_device
+
+    try:
+        resolve_device(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text.strip().lower()
+
+
+def _iso_time(text: str) -> str:
+    import numpy as np
+
+    try:
+        np.datetime64(text.replace("Z", ""), "m")
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 UTC time (e.g. 2024-07-01T12:30)"
+        ) from None
+    return text
+
+
+def _reference_time(text: str) -> str:
+    return text if text == "latest" else _iso_time(text)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -169,6 +259,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from mimcast.flows.serve import serve_all
 
+    if not os.environ.get("MIMCAST_DEBUG"):
+        _quiet_prefect_tracebacks()
+
     serve_all(
         cube=str(Path(args.cube).resolve()), incoming=str(Path(args.incoming).resolve()),
         out_dir=str(Path(args.out).resolve()), checkpoint=args.checkpoint,
@@ -180,6 +273,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from mimcast.flows.demo import demo_flow
+
+    if not os.environ.get("MIMCAST_DEBUG"):
+        _quiet_prefect_tracebacks()
 
     out = demo_flow(out=args.out, frames=args.frames, size=args.size, seed=args.seed,
                     train=args.train, max_steps=args.max_steps, every=args.every)  # fmt: skip
@@ -211,7 +307,7 @@ def _add_model_inputs(p: argparse.ArgumentParser) -> None:
                    help="lead steps to forecast (default: the model's horizon; "
                    f"{DEFAULT_LEADS} for methods without one)")  # fmt: skip
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
+    p.add_argument("--device", default="auto", type=_device, help="auto, cpu, cuda, cuda:1")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -229,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
         SERVE_INTERVAL_MINUTES,
     )
     from mimcast.pipeline.forecasters import list_forecasters
+    from mimcast.pipeline.ingest import IngestOptions
     from mimcast.pipeline.zr import MARSHALL_PALMER
 
     try:
@@ -240,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mimcast",
         description="Radar nowcasting with MIMNet: synthesise, ingest, train, nowcast, "
         "evaluate, and serve it all as Prefect deployments.",
+        epilog=EXIT_CODES + " Every failure is one line on stderr; MIMCAST_DEBUG=1 shows the "
+        "traceback.",
     )
     parser.add_argument("--version", action="version", version=f"mimcast {release}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -269,8 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="read radar archives into a chunked Zarr cube",
         description="Read radar files (ODIM_H5, CF NetCDF, MRMS GRIB2, RADOLAN, KNMI HDF5, FMI "
         "PGM, MeteoSwiss GIF) into one chunked, compressed Zarr cube of reflectivity (dBZ). "
-        "Broken files are listed in the report beside the cube and left untouched. Exit "
-        f"status: 0 complete, {EXIT_PARTIAL} partial (some input skipped), {EXIT_USAGE} error.",
+        "Broken files are listed in the report beside the cube and left untouched; sidecars "
+        "(.aux.xml, checksums, READMEs) are ignored. One ingest writes a cube at a time "
+        "(others wait, see --wait); an interrupted one is rolled back by the next. " + EXIT_CODES,
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="files, directories or globs")
     p.add_argument(
@@ -279,14 +379,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="auto", help="reader name or 'auto' (detect by content)")
     p.add_argument(
         "--zr",
-        type=float,
+        type=_positive,
         nargs=2,
         default=(MARSHALL_PALMER.a, MARSHALL_PALMER.b),
         metavar=("A", "B"),
         help="Z = A R^B for rain rates and accumulations (default Marshall-Palmer, "
         f"{MARSHALL_PALMER.a:g} {MARSHALL_PALMER.b:g})",
     )
-    p.add_argument("--step-minutes", type=int, help="time step (default: inferred)")
+    p.add_argument("--step-minutes", type=_positive_int, help="time step (default: inferred)")
     p.add_argument(
         "--crop",
         type=float,
@@ -294,7 +394,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("XMIN", "YMIN", "XMAX", "YMAX"),
         help="keep pixels inside this box (metres of the grid's projection)",
     )
-    p.add_argument("--coarsen", type=int, default=1, help="block-average factor (linear Z)")
+    p.add_argument("--coarsen", type=_positive_int, default=1,
+                   help="block-average factor (linear Z)")  # fmt: skip
+    p.add_argument("--max-gap-minutes", type=int, default=IngestOptions.max_gap_minutes,
+                   metavar="MIN", help="fill gaps up to this long with NaN frames; longer "
+                   "ones are breaks in the time axis (default %(default)s)")  # fmt: skip
+    p.add_argument("--wait", type=_non_negative, default=IngestOptions.wait_s, metavar="SECONDS",
+                   help="wait this long for another ingest into the same cube to finish "
+                   "(default %(default)s)")  # fmt: skip
     p.add_argument(
         "--scheduler",
         default="threads",
@@ -316,7 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "default: the shipped data/train.toml")  # fmt: skip
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
     p.add_argument("--max-steps", type=_positive_int, help="override [train] max_steps")
-    p.add_argument("--device", help="override [train] device (auto, cpu, cuda, cuda:1)")
+    p.add_argument("--device", type=_device,
+                   help="override [train] device (auto, cpu, cuda, cuda:1)")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
 
@@ -332,11 +440,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_inputs(p)
     p.add_argument("--method", default=NOWCAST_METHOD, choices=methods,
                    help=f"forecast method (default {NOWCAST_METHOD})")  # fmt: skip
-    p.add_argument("--time", default="latest", help="reference time, ISO 8601 UTC, or latest")
+    p.add_argument("--time", default="latest", type=_reference_time,
+                   help="reference time, ISO 8601 UTC, or latest")  # fmt: skip
     p.add_argument("--plot", action="store_true", help="also write PNG maps and a GIF")
     p.add_argument(
         "--leads",
-        type=int,
+        type=_positive_int,
         nargs="+",
         default=list(MAP_LEADS),
         metavar="MIN",
@@ -362,8 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--postprocess", choices=["default", "none", "pm"], default="default",
                    help="MIMNet output post-processing: the checkpoint's default, none, or "
                    "pm (probability matching to the last observation)")  # fmt: skip
-    p.add_argument("--start", help="first reference time (ISO 8601 UTC)")
-    p.add_argument("--end", help="last reference time (ISO 8601 UTC)")
+    p.add_argument("--start", type=_iso_time, help="first reference time (ISO 8601 UTC)")
+    p.add_argument("--end", type=_iso_time, help="last reference time (ISO 8601 UTC)")
     p.add_argument("--every", type=_positive_int, default=EVALUATE_EVERY,
                    help=f"use every N-th reference time (default {EVALUATE_EVERY})")  # fmt: skip
     p.add_argument("--scheduler", help="dask: threads (default), synchronous, or tcp://host:port")
@@ -394,7 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--final-max-steps", type=_positive_int, help="max_steps of the final model")
     p.add_argument("--max-refs", type=_positive_int, default=6,
                    help="reference times per archive (evenly spread; default 6)")  # fmt: skip
-    p.add_argument("--device", help="override [train] device, and the evaluation device")
+    p.add_argument("--device", type=_device,
+                   help="override [train] device, and the evaluation device")  # fmt: skip
     p.add_argument("--only", help=argparse.SUPPRESS)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_loao)
@@ -411,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--incoming", default=DEFAULT_INCOMING, help="folder of new radar files")
     p.add_argument("--out", default=DEFAULT_NOWCASTS, help="folder for nowcast NetCDF and maps")
     p.add_argument("--checkpoint", help="model checkpoint (default: the shipped one)")
-    p.add_argument("--interval-minutes", type=float, default=SERVE_INTERVAL_MINUTES,
+    p.add_argument("--interval-minutes", type=_positive, default=SERVE_INTERVAL_MINUTES,
                    help=f"schedule (default {SERVE_INTERVAL_MINUTES:g})")  # fmt: skip
     p.add_argument("--no-schedule", action="store_true", help="only run when triggered")
     p.set_defaults(func=_cmd_serve)
@@ -425,33 +535,68 @@ def build_parser() -> argparse.ArgumentParser:
         "through the Prefect flows in ephemeral mode (no server needed).",
     )
     p.add_argument("--out", default="data/local/demo", help="output folder")
-    p.add_argument("--frames", type=int, default=96, help="time steps to synthesise (5 min)")
-    p.add_argument("--size", type=int, default=192, help="grid side in pixels (1 km)")
+    p.add_argument("--frames", type=_positive_int, default=96,
+                   help="time steps to synthesise (5 min)")  # fmt: skip
+    p.add_argument("--size", type=_positive_int, default=192, help="grid side in pixels (1 km)")
     p.add_argument("--seed", type=int, default=7, help="weather seed")
     p.add_argument("--train", action="store_true", help="train a small model first")
-    p.add_argument("--max-steps", type=int, default=120, help="training steps with --train")
+    p.add_argument("--max-steps", type=_positive_int, default=120,
+                   help="training steps with --train")  # fmt: skip
     p.add_argument("--every", type=_positive_int, default=EVALUATE_EVERY,
                    help="evaluate every N-th reference time")  # fmt: skip
     p.set_defaults(func=_cmd_demo)
     return parser
 
 
+def _quiet_prefect_tracebacks() -> None:
+    """Keep Prefect's log lines but drop the tracebacks it attaches to failed runs."""
+
+    class _NoTraceback(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            record.exc_info, record.exc_text, record.stack_info = None, None, None
+            if isinstance(record.msg, str) and "Traceback (most recent call last)" in record.msg:
+                record.msg = record.msg.split("Traceback (most recent call last)")[0].rstrip()
+            return True
+
+    loggers = [logging.getLogger(), logging.getLogger("prefect")]
+    loggers += [logging.getLogger(n) for n in logging.root.manager.loggerDict if "prefect" in n]
+    for logger in loggers:
+        for handler in logger.handlers:
+            handler.addFilter(_NoTraceback())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``mimcast`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit status."""
+    from mimcast.pipeline.config import ConfigError
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = bool(os.environ.get("MIMCAST_DEBUG"))
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"mimcast {args.command}: %(levelname)s: %(message)s"))
+    mimcast_log = logging.getLogger("mimcast")
+    mimcast_log.addHandler(handler)
+    mimcast_log.setLevel(logging.INFO)
+    mimcast_log.propagate = False
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print(f"mimcast {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, OSError) as err:
-        if os.environ.get("MIMCAST_DEBUG"):
+        return EXIT_INTERRUPTED
+    except (UsageError, ConfigError) as err:
+        if debug:
             raise
-        message = str(err).replace("\n", " ")
-        print(f"mimcast {args.command}: error: {message}", file=sys.stderr)
+        print(f"mimcast {args.command}: error: {printable(err)}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as err:
+        if debug:
+            raise
+        known = isinstance(err, ValueError | OSError)
+        what = printable(err) if known else f"unexpected {type(err).__name__}: {printable(err)}"
+        print(f"mimcast {args.command}: error: {what}", file=sys.stderr)
+        return EXIT_RUNTIME
     finally:
+        mimcast_log.removeHandler(handler)
         # Prefect's temporary server may end the process abruptly at exit: flush what we said
         sys.stdout.flush()
         sys.stderr.flush()

@@ -23,8 +23,11 @@ raises :class:`CubeError`, naming the field and what was expected, at the first 
 from __future__ import annotations
 
 import functools
+import json
+import logging
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -73,6 +76,13 @@ TIME_ENCODING: dict[str, str] = {
 }
 
 _RELATIVE_SPACING_TOLERANCE = 1e-6
+
+#: Store attributes of the commit protocol (see :mod:`pipeline.ingest`): the number of
+#: committed frames, and who is writing (JSON) while a write is under way.
+COMMITTED_ATTR = "mimcast_frames"
+PENDING_ATTR = "mimcast_pending"
+
+log = logging.getLogger("mimcast")
 
 
 class CubeError(ValueError):
@@ -310,8 +320,51 @@ def regular_grid(
 # access: the one place that opens cubes and reads their time axis
 
 
-def open_cube(store: str | Path) -> xr.Dataset:
-    """Open a Zarr cube lazily (dask) and check the contract; :class:`CubeError` if unusable."""
+@dataclass(frozen=True)
+class StoreState:
+    """Commit bookkeeping of a cube store: frames on disk, frames committed, writer if any."""
+
+    frames: int
+    committed: int
+    pending: str | None
+
+    @property
+    def interrupted(self) -> bool:
+        """True when a write started and did not finish (uncommitted frames or a marker)."""
+        return self.pending is not None or self.frames != self.committed
+
+
+def store_state(store: str | Path) -> StoreState | None:
+    """Return the commit state of a Zarr cube, or ``None`` when ``store`` is not one."""
+    import zarr
+
+    try:
+        group = zarr.open_group(store, mode="r")
+        frames = int(group["time"].shape[0])
+    except Exception:
+        return None
+    attrs = dict(group.attrs)
+    committed = int(attrs.get(COMMITTED_ATTR, frames))
+    pending = attrs.get(PENDING_ATTR)
+    if pending is not None:
+        try:
+            who = json.loads(pending)
+            pending = (
+                f"{who.get('action', 'write')} by PID {who['pid']} on {who['host']} "
+                f"at {who['started']}"
+            )
+        except (ValueError, KeyError, TypeError):
+            pending = str(pending)
+    return StoreState(frames, committed, pending)
+
+
+def open_cube(store: str | Path, *, quiet: bool = False) -> xr.Dataset:
+    """Open a Zarr cube lazily (dask) and check the contract; :class:`CubeError` if unusable.
+
+    Only committed frames are shown: when a write was interrupted (a killed or failed
+    ingest), the frames beyond the last commit are left out and a warning says so, unless
+    ``quiet``. The next ``mimcast ingest`` into the cube repairs it.
+    """
     store = Path(store)
     if not store.exists():
         raise CubeError(f"{store}: no such cube (run 'mimcast ingest' first)")
@@ -319,7 +372,40 @@ def open_cube(store: str | Path) -> xr.Dataset:
         ds = xr.open_zarr(store, consolidated=False)
     except Exception as err:
         raise CubeError(f"{store}: not a readable Zarr cube ({err})") from err
+    committed = ds.attrs.pop(COMMITTED_ATTR, None)
+    pending = ds.attrs.pop(PENDING_ATTR, None)
+    if committed is not None and (pending is not None or ds.sizes["time"] != committed):
+        if ds.sizes["time"] < committed:
+            raise CubeError(
+                f"{store}: holds {ds.sizes['time']} frames but {committed} were committed; "
+                "the store was damaged outside mimcast: rebuild it from the source files"
+            )
+        if not quiet:
+            state = store_state(store)
+            log.warning(
+                "%s: a write was interrupted (%s); using the %d committed frames, ignoring %d "
+                "uncommitted; run 'mimcast ingest' into this cube again to repair it",
+                store, state.pending if state else "unknown writer", committed,
+                ds.sizes["time"] - committed,
+            )  # fmt: skip
+        ds = ds.isel(time=slice(0, int(committed)))
+    if ds.sizes["time"] == 0:
+        raise CubeError(f"{store}: the cube holds no committed frame")
     return validate_cube(ds)
+
+
+def axis_breaks(cube: xr.Dataset) -> np.ndarray:
+    """Return, per frame, whether the time axis jumps before it (more than one step).
+
+    Ingest leaves long gaps out of the axis (see :mod:`pipeline.ingest`); no window may
+    span such a break. The first frame is never a break.
+    """
+    times = np.asarray(cube.time.values, dtype="datetime64[s]")
+    out = np.zeros(times.size, dtype=bool)
+    if times.size > 1:
+        step = np.timedelta64(step_minutes(cube), "m")
+        out[1:] = np.diff(times) != step
+    return out
 
 
 def observed(cube: xr.Dataset) -> np.ndarray:
@@ -339,11 +425,22 @@ def step_minutes(cube: xr.Dataset) -> int:
     return step
 
 
-def complete_windows(flags: np.ndarray, length: int, stride: int = 1) -> np.ndarray:
-    """Return the start indices of windows of ``length`` frames that are all observed."""
+def complete_windows(
+    flags: np.ndarray, length: int, stride: int = 1, breaks: np.ndarray | None = None
+) -> np.ndarray:
+    """Return the start indices of windows of ``length`` frames that are all observed.
+
+    ``breaks`` (from :func:`axis_breaks`): frames where the time axis jumps; a window may
+    start at one but not contain one after its first frame.
+    """
     flags = np.asarray(flags, dtype=bool)
     if flags.size < length or length < 1:
         return np.zeros(0, dtype=np.int64)
     run = np.convolve(flags.astype(np.int64), np.ones(length, dtype=np.int64), "valid")
-    starts = np.flatnonzero(run == length)
+    ok = run == length
+    if breaks is not None and length > 1:
+        jumps = np.asarray(breaks, dtype=np.int64)
+        inner = np.convolve(jumps[1:], np.ones(length - 1, dtype=np.int64), "valid")
+        ok &= inner == 0
+    starts = np.flatnonzero(ok)
     return starts[starts % stride == 0] if stride > 1 else starts

@@ -6,23 +6,38 @@ Contract
 extends) a Zarr store holding a radar cube (:mod:`pipeline.cube`) plus a boolean ``observed``
 variable along ``time``. Beside the store, ``<name>.ingest.json`` reports what happened.
 
-1. *Discover* files (directories recursively, globs), skipping hidden files.
+1. *Discover* files (directories recursively, globs), skipping hidden files. Well-known
+   sidecars (GDAL's ``.aux.xml``, checksums, READMEs; :data:`SIDECARS`) are listed as
+   ignored; FIFOs, sockets and broken symbolic links are reported as skipped.
 2. *Scan* every file in parallel with dask: read it, take the time from its content, note its
    grid and a SHA-256 of its decoded values. A file that cannot be read (truncated, corrupt,
-   missing projection, unknown format), that is all nodata, or whose grid differs from the
-   archive's, is listed in the report with the reason and left untouched; everything else is
-   ingested.
+   oversized, missing projection, implausible time, unknown format), that is all nodata, or
+   whose grid differs from the archive's, is listed in the report with the reason and left
+   untouched; everything else is ingested.
 3. *Order* frames by time; drop exact duplicates (same time, same values) and report
    conflicting ones (same time, different values: the first by path order, or the frame
    already in the cube, is kept).
-4. *Gaps*: the time axis is regular (``step_minutes``, inferred from the archive when not
-   given). Missing steps become all-NaN frames with ``observed = False``, so nothing
-   downstream can build a sequence across one.
+4. *Gaps*: the time axis holds the observed frames at ``step_minutes`` (inferred from the
+   archive when not given). A gap of up to ``max_gap_minutes`` becomes all-NaN frames with
+   ``observed = False``; a longer one (an event archive, a long outage) is a *break*: the
+   axis jumps, nothing is written for it, and no window is cut across it
+   (:func:`pipeline.cube.complete_windows`). Cost follows the frames, not the time span.
 5. *Write* in time chunks, streaming: each frame is read again inside the dask graph and
    written chunk by chunk, so peak memory does not grow with the length of the archive.
-   A new store is written under a temporary name and renamed when complete. Ingesting the
-   same files again changes nothing; newer files extend the time axis; files that fill a gap
-   are written into it.
+
+Safety
+------
+- One writer at a time: ingest holds a lock beside the store (``.NAME.zarr.lock``, with
+  ``filelock``); a second ingest waits up to ``wait_s`` seconds, then fails naming the holder.
+- A new store is written under a temporary name and renamed when complete; temporaries of
+  killed runs are removed by the next run.
+- An append is all-or-nothing as a reader sees it: the store's ``mimcast_frames`` attribute
+  counts the committed frames and is updated last, with ``mimcast_pending`` set while a write
+  is under way. :func:`pipeline.cube.open_cube` shows only committed frames and warns when a
+  write was interrupted; the next ingest truncates the store to them and carries on.
+
+Ingesting the same files again changes nothing; newer files extend the time axis; files
+that fill a gap are written into it.
 
 Optional ``crop`` (a bounding box in the grid's metres) and ``coarsen`` (an integer factor,
 averaging linear Z) map every frame to a target grid before anything else.
@@ -30,13 +45,18 @@ averaging linear Z) map every frame to a target grid before anything else.
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import hashlib
+import itertools
 import json
 import os
-import shutil
+import socket
+import stat
+import sys
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,17 +64,25 @@ from typing import Any
 
 import dask
 import dask.array as da
+import filelock
 import numpy as np
 import xarray as xr
 
-from mimcast.pipeline.atomic import atomic_write_json
+from mimcast.pipeline.atomic import (
+    atomic_write_json,
+    remove_stale_temporaries,
+    temporary_name,
+)
 from mimcast.pipeline.cube import (
+    COMMITTED_ATTR,
     GRID_MAPPING,
     NO_ECHO_DBZ,
+    PENDING_ATTR,
     TIME_ENCODING,
     VARIABLE,
     CubeError,
     open_cube,
+    store_state,
 )
 from mimcast.pipeline.cube import observed as cube_observed
 from mimcast.pipeline.readers import ReaderError, read
@@ -80,6 +108,21 @@ class IngestOptions:
     space_chunk: int = 512  # pixels per Zarr chunk side
     batch: int = 8  # files scanned per dask batch (bounds memory in flight)
     scheduler: str = "threads"  # dask scheduler: threads, processes, synchronous
+    max_gap_minutes: int = 360  # longer gaps are breaks in the axis, not NaN frames
+    wait_s: float = 300.0  # how long to wait for another ingest into the same cube
+
+    def __post_init__(self) -> None:
+        for name in ("coarsen", "time_chunk", "space_chunk", "batch"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
+        if self.step_minutes is not None and self.step_minutes < 1:
+            raise ValueError(f"step_minutes={self.step_minutes}: must be >= 1 (minutes)")
+        if self.max_gap_minutes < 0 or self.wait_s < 0:
+            raise ValueError("max_gap_minutes and wait_s must be >= 0")
+        if self.crop is not None:
+            xmin, ymin, xmax, ymax = self.crop
+            if not (xmin < xmax and ymin < ymax):
+                raise ValueError(f"crop {self.crop}: expected XMIN < XMAX and YMIN < YMAX")
 
 
 @dataclass
@@ -91,12 +134,15 @@ class IngestReport:
     files_found: int = 0
     read: list[dict[str, str]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
     duplicates: list[dict[str, str]] = field(default_factory=list)
     conflicts: list[dict[str, str]] = field(default_factory=list)
     unchanged: int = 0
     new_frames: int = 0
     filled_gaps: int = 0
     gaps: list[str] = field(default_factory=list)
+    breaks: list[list[str]] = field(default_factory=list)
+    repaired: str | None = None
     time_range: list[str] = field(default_factory=list)
     step_minutes: int | None = None
 
@@ -115,29 +161,79 @@ class IngestReport:
 # discovery and per-file work
 
 
-def discover(paths: Iterable[str | Path]) -> tuple[list[Path], list[dict[str, str]]]:
-    """Return the files named by ``paths`` (files, directories, globs) and the problems."""
+#: Sidecar files that archives and GIS tools leave beside radar files: listed as ignored when
+#: met in a directory or a glob (a file named on the command line is always read).
+SIDECARS = (
+    "*.aux.xml", "*.ovr", "*.md5", "*.sha1", "*.sha256", "*.sha512", "*SUMS", "*.sums",
+    "*.asc.sig", "*.sig", "README*", "readme*", "LICENSE*", "*.md", "*.txt", "*.json",
+    "Thumbs.db", "desktop.ini",
+)  # fmt: skip
+
+
+def is_sidecar(name: str) -> bool:
+    """Return whether a file name is a well-known sidecar (:data:`SIDECARS`)."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in SIDECARS)
+
+
+def _walk(paths: list[Path], ignored: list[str], problems: list[dict[str, str]]) -> list[Path]:
+    """Keep the regular files among ``paths``; report special files, skip sidecars."""
+    found = []
+    for p in paths:
+        if p.name.startswith("."):
+            continue
+        try:
+            mode = p.stat().st_mode
+        except FileNotFoundError:
+            if p.is_symlink():
+                problems.append({"file": str(p), "reason": "broken symbolic link"})
+            continue
+        except OSError as err:
+            problems.append({"file": str(p), "reason": f"cannot stat ({err.strerror})"})
+            continue
+        if stat.S_ISDIR(mode):
+            continue
+        if not stat.S_ISREG(mode):
+            kind = "FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else "device"
+            problems.append({"file": str(p), "reason": f"not a regular file ({kind})"})
+        elif is_sidecar(p.name):
+            ignored.append(str(p))
+        else:
+            found.append(p)
+    return found
+
+
+def discover(
+    paths: Iterable[str | Path], ignored: list[str] | None = None
+) -> tuple[list[Path], list[dict[str, str]]]:
+    """Return the files named by ``paths`` (files, directories, globs) and the problems.
+
+    Sidecars met in directories and globs are appended to ``ignored`` when given.
+    """
     files: list[Path] = []
     problems: list[dict[str, str]] = []
+    ignored = [] if ignored is None else ignored
     for item in paths:
         text = str(item)
         if any(ch in text for ch in "*?["):
             matches = [Path(p) for p in sorted(glob.glob(text, recursive=True))]
-            found = [p for p in matches if p.is_file()]
-            if not found:
+            found = _walk(matches, ignored, problems)
+            if not matches:
                 problems.append({"file": text, "reason": "glob matches no file"})
         else:
             path = Path(text)
             if path.is_dir():
-                found = sorted(
-                    p
-                    for p in path.rglob("*")
-                    if p.is_file() and not any(part.startswith(".") for part in p.parts[-1:])
-                )
-                if not found:
+                entries = sorted(path.rglob("*"))
+                found = _walk(entries, ignored, problems)
+                if not entries:
                     problems.append({"file": text, "reason": "empty directory"})
             elif path.is_file():
                 found = [path]
+            elif path.is_symlink():
+                found = []
+                problems.append({"file": text, "reason": "broken symbolic link"})
+            elif path.exists():
+                found = []
+                problems.append({"file": text, "reason": "not a regular file"})
             else:
                 found = []
                 problems.append({"file": text, "reason": "no such file or directory"})
@@ -169,6 +265,10 @@ def load_frame(path: str | Path, options: IngestOptions) -> xr.Dataset:
         if ds.sizes["x"] == 0 or ds.sizes["y"] == 0:
             raise ReaderError(path, f"crop {options.crop} leaves no pixel of this grid")
     k = options.coarsen
+    if k > min(ds.sizes["y"], ds.sizes["x"]):
+        raise ReaderError(
+            path, f"coarsen factor {k} is larger than the grid {ds.sizes['y']}x{ds.sizes['x']}"
+        )
     if k > 1:
         values = _coarsen(ds[VARIABLE].values[0], k)
         ny, nx = values.shape
@@ -266,6 +366,52 @@ def report_path(store: str | Path) -> Path:
     return store.with_name(name + REPORT_SUFFIX)
 
 
+def lock_path(store: str | Path) -> Path:
+    """Return the lock file that serialises writers of ``store`` (hidden, beside it)."""
+    store = Path(store)
+    return store.with_name(f".{store.name}.lock")
+
+
+class CubeBusyError(IngestError):
+    """Another process holds the cube's writer lock."""
+
+
+@contextmanager
+def writer_lock(store: str | Path, wait_s: float) -> Iterator[None]:
+    """Hold the cube's cross-process writer lock; wait up to ``wait_s`` seconds for it.
+
+    The lock is a ``filelock`` on ``.NAME.zarr.lock``; the holder (PID, host, command, start)
+    is written into ``.NAME.zarr.lock.json`` so that a waiter that gives up can name it. The
+    operating system releases the lock when its holder dies, even by ``kill -9``.
+    """
+    path = lock_path(store)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    holder_file = path.with_name(path.name + ".json")
+    lock = filelock.FileLock(path)
+    try:
+        lock.acquire(timeout=wait_s)
+    except filelock.Timeout:
+        try:
+            holder = json.loads(holder_file.read_text())
+            who = (f"PID {holder['pid']} on {holder['host']} ({holder['command']}), "
+                   f"writing since {holder['started']}")  # fmt: skip
+        except (OSError, ValueError, KeyError):
+            who = "another process"
+        raise CubeBusyError(
+            f"{store}: another ingest is writing this cube: {who}; waited {wait_s:g} s "
+            "(--wait SECONDS waits longer)"
+        ) from None
+    try:
+        atomic_write_json(holder_file, {
+            "pid": os.getpid(), "host": socket.gethostname(),
+            "command": " ".join(sys.argv[:3]) or "python",
+            "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        })  # fmt: skip
+        yield
+    finally:
+        lock.release()
+
+
 def _infer_step(times: Sequence[np.datetime64]) -> int:
     if len(times) < 2:
         raise IngestError(
@@ -274,6 +420,27 @@ def _infer_step(times: Sequence[np.datetime64]) -> int:
     diffs = np.diff(np.array(sorted(times), dtype="datetime64[s]")).astype(np.int64) // 60
     diffs = diffs[diffs > 0]
     return int(Counter(diffs.tolist()).most_common(1)[0][0]) if diffs.size else 0
+
+
+def time_axis(
+    times: Sequence[np.datetime64], step: int, max_gap_minutes: int
+) -> tuple[np.ndarray, list[list[str]]]:
+    """Return the axis over sorted ``times``: gaps up to ``max_gap_minutes`` filled at
+    ``step``, longer ones left as breaks (also returned, as ``[last before, first after]``).
+    """
+    times = np.array(sorted(times), dtype="datetime64[s]")
+    if not step or times.size < 2:
+        return times, []
+    step_td = np.timedelta64(int(step), "m")
+    limit = np.timedelta64(int(max_gap_minutes), "m")
+    pieces, breaks = [times[:1]], []
+    for a, b in itertools.pairwise(times):
+        if b - a > step_td and b - a - step_td <= limit:
+            pieces.append(np.arange(a + step_td, b, step_td))
+        elif b - a > step_td:
+            breaks.append([str(a), str(b)])
+        pieces.append(np.array([b]))
+    return np.concatenate(pieces), breaks
 
 
 def _frames_dataset(
@@ -308,7 +475,57 @@ def _frames_dataset(
             GRID_MAPPING: template[GRID_MAPPING],
         },
     )  # fmt: skip
+    ds.time.attrs.update({"standard_name": "time", "axis": "T"})
     return ds
+
+
+def _prepare_store(out: Path, report: IngestReport) -> None:
+    """Under the lock: remove orphaned temporaries and truncate an interrupted write."""
+    for tmp in remove_stale_temporaries(out.parent, out.name):
+        print(f"removed {tmp}, left by an ingest that was killed", file=sys.stderr)
+    if not out.exists():
+        return
+    state = store_state(out)
+    if state is None or not state.interrupted:
+        return
+    import zarr
+
+    group = zarr.open_group(out, mode="r+", zarr_format=None)
+    n = state.committed
+    for name in group.array_keys():
+        array = group[name]
+        if array.ndim and _first_dim(array) == "time" and array.shape[0] != n:
+            array.resize((n, *array.shape[1:]))
+    attrs = dict(group.attrs)
+    attrs.pop(PENDING_ATTR, None)
+    attrs[COMMITTED_ATTR] = n
+    group.attrs.put(attrs)
+    report.repaired = (
+        f"an interrupted write ({state.pending or 'unknown writer'}) was rolled back to the "
+        f"{n} committed frames"
+    )
+    print(f"repaired {out}: {report.repaired}", file=sys.stderr)
+
+
+def _first_dim(array) -> str | None:
+    names = getattr(array.metadata, "dimension_names", None)
+    if names:
+        return names[0]
+    dims = array.attrs.get("_ARRAY_DIMENSIONS")
+    return dims[0] if dims else None
+
+
+def _set_commit(out: Path, committed: int, pending: dict | None) -> None:
+    import zarr
+
+    group = zarr.open_group(out, mode="r+")
+    attrs = dict(group.attrs)
+    attrs[COMMITTED_ATTR] = int(committed)
+    if pending is None:
+        attrs.pop(PENDING_ATTR, None)
+    else:
+        attrs[PENDING_ATTR] = json.dumps(pending)
+    group.attrs.put(attrs)
 
 
 def ingest(
@@ -327,19 +544,28 @@ def ingest(
     Raises
     ------
     IngestError
-        When no file is found or readable, or ``out`` exists but is not a usable cube.
+        When no file is found or readable, ``out`` exists but is not a usable cube, or
+        another ingest holds the cube for longer than ``options.wait_s``
+        (:class:`CubeBusyError`).
     """
     options = options or IngestOptions()
     out = Path(out)
     report = IngestReport(cube=str(out), started=datetime.now(UTC).isoformat(timespec="seconds"))
-    files, problems = discover(paths)
+    files, problems = discover(paths, report.ignored)
     report.skipped.extend(problems)
     report.files_found = len(files)
     if not files:
         raise IngestError(
             "no input files: " + "; ".join(f"{p['file']}: {p['reason']}" for p in problems)
         )
+    if scans is None:
+        scans = _scan_all(files, options, progress)
+    with writer_lock(out, options.wait_s):
+        _prepare_store(out, report)
+        return _ingest_locked(out, files, scans, options, report, progress)
 
+
+def _ingest_locked(out, files, scans, options, report, progress) -> IngestReport:
     existing = open_cube(out) if out.exists() else None
     # the report's frame registry describes the store only while the store exists
     previous = (
@@ -348,9 +574,6 @@ def ingest(
         else {}
     )
     known: dict[str, dict[str, str]] = dict(previous.get("frames", {}))
-
-    if scans is None:
-        scans = _scan_all(files, options, progress)
     good = [s for s in scans if s["ok"]]
     report.skipped.extend({"file": s["file"], "reason": s["reason"]} for s in scans if not s["ok"])
 
@@ -406,17 +629,23 @@ def ingest(
             })  # fmt: skip
     new = by_time
 
-    # the time axis
+    # the time grid
     existing_times = (
-        [np.datetime64(t, "s") for t in existing.time.values] if existing is not None else []
+        np.asarray(existing.time.values, dtype="datetime64[s]") if existing is not None else None
     )
-    step = options.step_minutes or previous.get("step_minutes")
-    all_times = existing_times + [np.datetime64(t, "s") for t in new]
+    step = (
+        options.step_minutes
+        or previous.get("step_minutes")
+        or (existing.attrs.get("time_step_minutes") if existing is not None else None)
+    )
     if not step:
+        all_times = [*(existing_times if existing_times is not None else []),
+                     *(np.datetime64(t, "s") for t in new)]  # fmt: skip
         step = _infer_step(all_times) if len(all_times) > 1 else 0
     report.step_minutes = int(step) if step else None
+    origin = (existing_times[0] if existing_times is not None
+              else min((np.datetime64(k, "s") for k in new), default=None))  # fmt: skip
     for t, s in list(new.items()):
-        origin = existing_times[0] if existing_times else min(np.datetime64(k, "s") for k in new)
         offset = (np.datetime64(t, "s") - origin).astype(np.int64)
         if step and offset % (60 * step) != 0:
             reason = f"time {t} is not on the {step}-minute grid of the archive"
@@ -430,12 +659,24 @@ def ingest(
                 f"{out}: new frames start at {first_new}, before the cube's first frame "
                 f"{existing_times[0]}; ingest into a new cube instead"
             )
+        # inside a break of the cube: the axis cannot take a frame there without a rebuild
+        last = existing_times[-1]
+        on_axis = set(existing_times.tolist())
+        for t, s in list(new.items()):
+            when = np.datetime64(t, "s")
+            if when <= last and when.item() not in on_axis:
+                reason = (
+                    f"time {t} falls in a break of the cube (a gap longer than "
+                    f"{options.max_gap_minutes} min); ingest into a new cube to insert it"
+                )
+                report.skipped.append({"file": s["file"], "reason": reason})
+                del new[t]
 
     if existing is None and not new:
         _finish(report, out, known, previous)
         raise IngestError(f"nothing to ingest into {out}: every file was skipped (see report)")
     if new:
-        _write(out, existing, template, new, grid, step, options, report, progress)
+        _write(out, existing, template, new, step, options, report, progress)
     for t, s in new.items():
         known[t] = {"file": s["file"], "sha256": s["sha256"]}
     report.read = [{"file": s["file"], "time": t} for t, s in sorted(new.items())]
@@ -443,36 +684,25 @@ def ingest(
     return report
 
 
-def _write(out, existing, template, new, grid, step, options, report, progress) -> None:
-    new_times = sorted(np.datetime64(t, "s") for t in new)
-    step_td = np.timedelta64(int(step or 1), "m")
-    if existing is None:
-        start, end = new_times[0], new_times[-1]
-    else:
-        start = np.datetime64(existing.time.values[0], "s")
-        end = max(np.datetime64(existing.time.values[-1], "s"), new_times[-1])
-    axis = np.arange(start, end + step_td, step_td) if step else np.array(new_times)
-    index = {str(t): i for i, t in enumerate(axis)}
-    sources: list[str | None] = [None] * len(axis)
-    for t, s in new.items():
-        sources[index[t]] = s["file"]
-
+def _write(out, existing, template, new, step, options, report, progress) -> None:
+    new_times = [np.datetime64(t, "s") for t in new]
     if template is None:
         template = load_frame(next(iter(new.values()))["file"], options)
-    ds = _frames_dataset(axis, sources, template, options)
-    ds.attrs.update({
+    attrs = {
         "Conventions": "CF-1.8",
         "title": "radar reflectivity cube",
         "source": "mimcast ingest",
         "time_step_minutes": int(step or 0),
-    })  # fmt: skip
-    ds.time.attrs.update({"standard_name": "time", "axis": "T"})
-
-    progress_ctx = _progress(progress)
-    with progress_ctx, dask.config.set(scheduler=options.scheduler):
+    }
+    pending = {"pid": os.getpid(), "host": socket.gethostname(),
+               "started": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
+    with _progress(progress), dask.config.set(scheduler=options.scheduler):
         if existing is None:
-            tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
+            axis, report.breaks = time_axis(new_times, step, options.max_gap_minutes)
+            sources = [new.get(str(t), {}).get("file") for t in axis]
+            ds = _frames_dataset(axis, sources, template, options)
+            ds.attrs.update({**attrs, COMMITTED_ATTR: len(axis)})
+            tmp = temporary_name(out)
             encoding = {
                 VARIABLE: {
                     "chunks": (options.time_chunk, options.space_chunk, options.space_chunk),
@@ -483,26 +713,47 @@ def _write(out, existing, template, new, grid, step, options, report, progress) 
                 ds.to_zarr(tmp, mode="w", encoding=encoding, consolidated=False)
                 os.replace(tmp, out)
             finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+                if tmp.exists():
+                    import shutil
+
+                    shutil.rmtree(tmp, ignore_errors=True)
             report.new_frames = sum(s is not None for s in sources)
-        else:
-            n_old = existing.sizes["time"]
-            fills = [i for i in range(n_old) if sources[i] is not None]
-            for i in fills:
-                part = ds.isel(time=slice(i, i + 1)).drop_vars([GRID_MAPPING, "x", "y"])
-                for name in part.variables:
-                    part[name].encoding = {}
-                # one region at a time, sequentially: a partial Zarr chunk is safe to rewrite
-                part.chunk({"time": 1}).to_zarr(
-                    out, region={"time": slice(i, i + 1)}, consolidated=False, safe_chunks=False
-                )
-            report.filled_gaps = len(fills)
-            if len(axis) > n_old:
-                tail = ds.isel(time=slice(n_old, None)).drop_vars([GRID_MAPPING, "x", "y"])
-                for name in tail.variables:
-                    tail[name].encoding = {}
-                tail.to_zarr(out, append_dim="time", consolidated=False)
-                report.new_frames = sum(s is not None for s in sources[n_old:])
+            return
+
+        old_times = np.asarray(existing.time.values, dtype="datetime64[s]")
+        n_old = old_times.size
+        index = {str(t): i for i, t in enumerate(old_times)}
+        fills = sorted((index[t], s["file"]) for t, s in new.items() if t in index)
+        later = [t for t in new_times if t > old_times[-1]]
+        tail_axis, _ = time_axis([old_times[-1], *later], step, options.max_gap_minutes)
+        tail_axis = tail_axis[1:]
+        keep = {**existing.attrs, **attrs}
+        keep.pop(PENDING_ATTR, None)
+        _set_commit(out, n_old, {**pending, "action": "fill gaps and append"})
+        # gap fills: the data first, then its observed flag, each region in one step
+        for i, src in fills:
+            part = _frames_dataset(old_times[i : i + 1], [src], template, options)
+            part = part.drop_vars([GRID_MAPPING, "x", "y"])
+            for name in part.variables:
+                part[name].encoding = {}
+            region = {"time": slice(i, i + 1)}
+            part[[VARIABLE]].chunk({"time": 1}).to_zarr(
+                out, region=region, consolidated=False, safe_chunks=False
+            )
+            part[["observed"]].to_zarr(out, region=region, consolidated=False)
+        report.filled_gaps = len(fills)
+        if tail_axis.size:
+            sources = [new.get(str(t), {}).get("file") for t in tail_axis]
+            tail = _frames_dataset(tail_axis, sources, template, options)
+            tail = tail.drop_vars([GRID_MAPPING, "x", "y"])
+            for name in tail.variables:
+                tail[name].encoding = {}
+            # xarray replaces the store's attributes on append: carry them, still uncommitted
+            tail.attrs = {**keep, COMMITTED_ATTR: n_old,
+                          PENDING_ATTR: json.dumps({**pending, "action": "append"})}  # fmt: skip
+            tail.to_zarr(out, append_dim="time", consolidated=False)
+            report.new_frames = sum(s is not None for s in sources)
+        _set_commit(out, n_old + tail_axis.size, None)
 
 
 def _progress(enabled: bool):
@@ -516,9 +767,9 @@ def _progress(enabled: bool):
 
 
 def _finish(report: IngestReport, out: Path, known: dict, previous: dict) -> None:
-    """Update gaps and time range from the store, and write the cumulative report."""
+    """Update gaps, breaks and time range from the store, and write the cumulative report."""
     if out.exists():
-        cube = xr.open_zarr(out, consolidated=False)
+        cube = open_cube(out, quiet=True)
         times = cube.time.values
         observed = cube_observed(cube)
         report.gaps = [str(np.datetime64(t, "s")) for t, o in zip(times, observed, strict=True)
@@ -526,6 +777,8 @@ def _finish(report: IngestReport, out: Path, known: dict, previous: dict) -> Non
         report.time_range = [str(np.datetime64(times[0], "s")), str(np.datetime64(times[-1], "s"))]
         if not report.step_minutes:
             report.step_minutes = cube.attrs.get("time_step_minutes") or None
+        if report.step_minutes:
+            _, report.breaks = time_axis(times.astype("datetime64[s]"), report.step_minutes, 0)
     run = asdict(report)
     run["status"] = report.status
     payload = {
@@ -534,6 +787,7 @@ def _finish(report: IngestReport, out: Path, known: dict, previous: dict) -> Non
         "step_minutes": report.step_minutes or previous.get("step_minutes"),
         "time_range": report.time_range,
         "gaps": report.gaps,
+        "breaks": report.breaks,
         "last_run": run,
         "runs": [*previous.get("runs", []), {k: run[k] for k in _RUN_SUMMARY}],
         "frames": dict(sorted(known.items())),
@@ -544,5 +798,5 @@ def _finish(report: IngestReport, out: Path, known: dict, previous: dict) -> Non
 
 _RUN_SUMMARY = (
     "started", "status", "files_found", "new_frames", "filled_gaps", "unchanged", "skipped",
-    "duplicates", "conflicts",
+    "ignored", "duplicates", "conflicts", "repaired",
 )  # fmt: skip

@@ -22,7 +22,6 @@ a reader never sees a partial file, and a re-run replaces the old file in one st
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import numpy as np
 import pyproj
 import xarray as xr
 
-from mimcast.pipeline.atomic import atomic_path
+from mimcast.pipeline.atomic import atomic_path, remove_stale_temporaries
 from mimcast.pipeline.cube import GRID_MAPPING, cube_crs
 
 FILL_VALUE = np.float32(-9999.0)
@@ -104,22 +103,10 @@ def write_nowcast(
     encoding["y"] = {"_FillValue": None}
     encoding["forecast_period"] = {"_FillValue": None}
     encoding[GRID_MAPPING] = {"_FillValue": None}
-    _remove_stale_temporaries(out)
+    remove_stale_temporaries(out, "nowcast_*.nc")
     with atomic_path(path) as tmp:
         ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
     return path
-
-
-def _remove_stale_temporaries(out: Path) -> None:
-    """Remove temporary files left by writers that were killed (their process is gone)."""
-    for tmp in out.glob(".nowcast_*.nc.*.tmp"):
-        try:
-            pid = int(tmp.name.rsplit(".", 2)[-2])
-            os.kill(pid, 0)  # still running: leave it alone
-        except ProcessLookupError:
-            tmp.unlink(missing_ok=True)
-        except (ValueError, PermissionError):
-            continue
 
 
 def read_nowcast(path: str | Path) -> xr.Dataset:

@@ -82,9 +82,19 @@ def input_times(cube: xr.Dataset, n_inputs: int, when: str = "latest") -> np.nda
     except ValueError as err:
         raise NowcastError(f"reference time {when!r} is not ISO 8601") from err
     wanted = ref - step * np.arange(n_inputs - 1, -1, -1)
+    if not np.isin(ref, times) and times[0] <= ref <= times[-1]:
+        before, after = times[times < ref][-1], times[times > ref][0]
+        raise NowcastError(
+            f"reference time {ref} is not a frame of the cube (its {step_minutes(cube)}-minute "
+            f"grid has {before} and {after} around it)"
+        )
+    if not times[0] <= ref <= times[-1]:
+        raise NowcastError(
+            f"reference time {ref} is outside the cube, which runs from {times[0]} to {times[-1]}"
+        )
     missing = [str(t) for t in wanted[~np.isin(wanted, available)]]
     if missing:
-        kind = "missing or gaps" if np.isin(ref, times) else "outside the cube"
+        kind = "missing or gaps"
         raise NowcastError(
             f"cannot nowcast from {ref}: input frames {', '.join(missing)} are {kind} "
             f"(the method needs {n_inputs} frames at {step_minutes(cube)}-minute steps)"
@@ -121,12 +131,10 @@ def predict(model, frames: np.ndarray, options) -> np.ndarray:
     """
     import torch
 
+    from mimcast.models.device import resolve_device
     from mimcast.models.mimnet import autocast
 
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if options.device == "auto"
-        else options.device
-    )  # fmt: skip
+    device = resolve_device(options.device)
     model = model.to(device).eval()
     n_out = model.config.output_length
     _, height, width = frames.shape

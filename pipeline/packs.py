@@ -93,7 +93,7 @@ def build_pack(
 ) -> Path:
     """Write a training pack of ``cubes`` to ``out`` (see the module docstring)."""
     from mimcast.pipeline.atomic import atomic_path
-    from mimcast.pipeline.cube import VARIABLE, open_cube, step_minutes
+    from mimcast.pipeline.cube import VARIABLE, axis_breaks, open_cube, step_minutes
     from mimcast.pipeline.cube import observed as cube_observed
     from mimcast.pipeline.forecasters import MODEL_MOTION_SIDE, motion_field
 
@@ -112,12 +112,13 @@ def build_pack(
         cube = open_cube(path)
         dbz = cube[VARIABLE].values.astype(np.float32)  # (T, H, W)
         obs = cube_observed(cube)
+        jumps = axis_breaks(cube)
         n_t, height, width = dbz.shape
         if config.patch > min(height, width):
             raise ValueError(f"{path}: grid {height}x{width} is smaller than patch {config.patch}")
         starts = []
         for s in range(0, n_t - config.n_inputs + 1):
-            if not obs[s : s + config.n_inputs].all():
+            if not obs[s : s + config.n_inputs].all() or jumps[s + 1 : s + length].any():
                 continue
             targets = obs[s + config.n_inputs : s + length]
             if targets.sum() >= config.min_targets:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from mimcast.pipeline.cube import VARIABLE, complete_windows, validate_cube
+from mimcast.pipeline.cube import VARIABLE, axis_breaks, complete_windows, validate_cube
 from mimcast.pipeline.cube import observed as cube_observed
 
 SPLITS = ("train", "val", "test")
@@ -136,12 +136,17 @@ def split_ranges(n_times: int, config: SequenceConfig) -> dict[str, tuple[int, i
     }
 
 
-def split_starts(observed: np.ndarray, config: SequenceConfig, split: str) -> np.ndarray:
-    """Return the window starts that lie entirely inside ``split``'s frame range."""
+def split_starts(
+    observed: np.ndarray, config: SequenceConfig, split: str, breaks: np.ndarray | None = None
+) -> np.ndarray:
+    """Return the window starts that lie entirely inside ``split``'s frame range.
+
+    ``breaks``: frames where the cube's time axis jumps (:func:`pipeline.cube.axis_breaks`).
+    """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
     first, stop = split_ranges(len(observed), config)[split]
-    starts = complete_windows(observed, config.length, config.window_stride)
+    starts = complete_windows(observed, config.length, config.window_stride, breaks)
     return starts[(starts >= first) & (starts + config.length <= stop)]
 
 
@@ -215,7 +220,7 @@ class RadarSequenceDataset:
         items = []
         for k, _ in enumerate(self.sources):
             ds = self._cube(k)
-            starts = split_starts(cube_observed(ds), config, split)
+            starts = split_starts(cube_observed(ds), config, split, axis_breaks(ds))
             if not len(starts):
                 continue
             origins = patch_origins(ds.sizes["y"], ds.sizes["x"], config)

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from mimcast.pipeline.cube import VARIABLE, complete_windows
+from mimcast.pipeline.cube import VARIABLE, axis_breaks, complete_windows
 from mimcast.pipeline.cube import observed as cube_observed
 from mimcast.pipeline.defaults import FLOOR_DBZ
 from mimcast.pipeline.forecasters import pysteps
@@ -177,7 +177,8 @@ def reference_times(
     if every < 1:
         raise ValueError(f"every={every}: must be >= 1")
     times = cube.time.values
-    ok = complete_windows(cube_observed(cube), n_inputs + n_leads) + n_inputs - 1  # references
+    ok = complete_windows(cube_observed(cube), n_inputs + n_leads, breaks=axis_breaks(cube))
+    ok = ok + n_inputs - 1  # reference = last input
     refs = times[ok]
     if start:
         refs = refs[refs >= _iso(start, "start")]

@@ -143,7 +143,8 @@ def test_broken_inputs_are_reported_one_line_each_and_left_untouched(archive, tm
     blob = files[0].read_bytes()
     (bad / "truncated.h5").write_bytes(blob[: len(blob) // 3])
     (bad / "corrupt.h5").write_bytes(bytes(range(256)) * 40)
-    (bad / "readme.txt").write_text("not radar")
+    (bad / "notes.dat").write_text("not radar")
+    (bad / "readme.txt").write_text("a sidecar: ignored, not a problem")
 
     def drop_projection(f):
         del f["where"].attrs["projdef"]
@@ -167,7 +168,8 @@ def test_broken_inputs_are_reported_one_line_each_and_left_untouched(archive, tm
         "not a readable HDF5" in reasons["truncated.h5"] or "truncated" in reasons["truncated.h5"]
     )
     assert "unknown format" in reasons["corrupt.h5"]
-    assert "unknown format" in reasons["readme.txt"]
+    assert "unknown format" in reasons["notes.dat"]
+    assert report.ignored == [str(bad / "readme.txt")] and "readme.txt" not in reasons
     assert "missing projection" in reasons["no_projection.h5"]
     assert "all nodata" in reasons["all_nodata.h5"]
     assert "differs from the archive's" in reasons["other_grid.h5"]

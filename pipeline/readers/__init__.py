@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 
+import numpy as np
 import xarray as xr
 
+from mimcast.pipeline.cube import VARIABLE
 from mimcast.pipeline.readers import (
     cf_netcdf,
     fmi_pgm,
@@ -36,6 +38,7 @@ from mimcast.pipeline.readers.common import (
     MARSHALL_PALMER,
     ZR,
     ReaderError,
+    check_time,
     dbz_to_rate,
     rate_to_dbz,
 )
@@ -136,4 +139,10 @@ def read(path: str | Path, format: str = "auto", *, zr: ZR = MARSHALL_PALMER) ->
     """Read one radar file as a one-frame cube; ``format="auto"`` detects it by content."""
     name = detect_format(path) if format == "auto" else format
     reader = get_reader(name)
-    return reader(path, zr=zr)
+    ds = reader(path, zr=zr)
+    # the same checks for plugins as frame() makes for the built-in readers
+    check_time(path, ds.time.values[0])
+    values = ds[VARIABLE].values
+    if np.isinf(values).any():
+        ds[VARIABLE] = ds[VARIABLE].where(np.isfinite(values))
+    return ds

@@ -23,8 +23,10 @@ import xarray as xr
 from mimcast.pipeline.readers.common import (
     HDF5_MAGIC,
     MARSHALL_PALMER,
+    MAX_PIXELS,
     ZR,
     ReaderError,
+    check_grid_size,
     frame,
     rate_to_dbz,
 )
@@ -77,7 +79,14 @@ def read_cf_netcdf(path: str | Path, *, zr: ZR = MARSHALL_PALMER) -> xr.Dataset:
     with NETCDF_LOCK:
         try:
             ds = xr.open_dataset(path, engine="netcdf4", mask_and_scale=True, decode_times=True)
+            values = sum(v.size for v in ds.variables.values())
+            if values > 4 * MAX_PIXELS:  # before loading: the header may declare anything
+                ds.close()
+                raise ReaderError(path, f"declares {values / 1e6:.0f} million values, more "
+                                  "than any radar frame; damaged or hostile file?")  # fmt: skip
             ds.load()
+        except ReaderError:
+            raise
         except (OSError, ValueError, RuntimeError, AttributeError) as err:
             raise ReaderError(path, f"not a readable NetCDF file ({err})") from err
         ds.close()
@@ -88,6 +97,7 @@ def read_cf_netcdf(path: str | Path, *, zr: ZR = MARSHALL_PALMER) -> xr.Dataset:
         if var.ndim != 2:
             raise ReaderError(path, f"variable '{var.name}' has dims {var.dims}, expected (y, x)")
         ydim, xdim = var.dims
+        check_grid_size(path, *var.shape)
         gm_name = var.attrs["grid_mapping"]
         if gm_name not in ds.variables:
             raise ReaderError(path, f"missing projection: grid mapping '{gm_name}' not in file")

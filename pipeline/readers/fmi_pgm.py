@@ -9,30 +9,56 @@ uses a sphere of radius 6371288 m.
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pyproj
 
 from mimcast.pipeline.cube import NO_ECHO_DBZ, regular_grid
-from mimcast.pipeline.readers.common import ReaderError, crs_from_proj, frame, parse_time
+from mimcast.pipeline.readers.common import (
+    ReaderError,
+    check_grid_size,
+    crs_from_proj,
+    frame,
+    is_gzip,
+    parse_time,
+)
 
 SPHERE_RADIUS = 6371288.0
 
 
-def _open(path):
-    with open(path, "rb") as fh:
-        gz = fh.read(2) == b"\x1f\x8b"
-    return gzip.open(path, "rb") if gz else open(path, "rb")
+#: PGM header bytes read before the size is known (FMI headers are about 1 kB)
+MAX_HEADER = 65536
 
 
 def read_header(path: str | Path) -> tuple[dict, int, int, int, bytes]:
-    """Return ``(comments, width, height, maxval, pixel bytes)`` of a binary PGM (P5)."""
+    """Return ``(comments, width, height, maxval, pixel bytes)`` of a binary PGM (P5).
+
+    The size comes from the header and is checked before the pixels are read; a file
+    longer than the header declares (trailing garbage, a decompression bomb) is refused.
+    """
     try:
-        with _open(path) as fh:
-            raw = fh.read()
-    except (OSError, EOFError) as err:
+        fh = gzip.open(path, "rb") if is_gzip(path) else open(path, "rb")
+        with fh:
+            raw = fh.read(MAX_HEADER)
+            comments, width, height, maxval, pos = _parse_header(path, raw)
+            check_grid_size(path, height, width)
+            if maxval > 255:
+                raise ReaderError(path, f"16-bit PGM (maxval {maxval}) is not an FMI dBZ composite")
+            expected = width * height
+            body = raw[pos:] + fh.read(max(expected - (len(raw) - pos), 0) + 1)
+    except (OSError, EOFError, zlib.error) as err:
         raise ReaderError(path, f"cannot decompress/read ({err}); truncated?") from err
+    if len(body) < expected:
+        raise ReaderError(path, f"{len(body)} pixel bytes, expected {expected} (truncated)")
+    if len(body) > expected:
+        raise ReaderError(path, f"data after the {expected} pixel bytes the header declares "
+                          "(trailing garbage)")  # fmt: skip
+    return comments, width, height, maxval, body
+
+
+def _parse_header(path, raw: bytes) -> tuple[dict, int, int, int, int]:
     if not raw.startswith(b"P5"):
         raise ReaderError(path, "not a binary PGM (no P5 magic)")
     comments: dict[str, list[str]] = {}
@@ -41,7 +67,7 @@ def read_header(path: str | Path) -> tuple[dict, int, int, int, bytes]:
     while len(fields) < 3:
         nl = raw.find(b"\n", pos)
         if nl < 0:
-            raise ReaderError(path, "PGM header not terminated")
+            raise ReaderError(path, f"PGM header not terminated within {MAX_HEADER} bytes")
         line = raw[pos:nl].decode("ascii", errors="replace").strip()
         pos = nl + 1
         if line.startswith("#"):
@@ -49,18 +75,17 @@ def read_header(path: str | Path) -> tuple[dict, int, int, int, bytes]:
             if parts:
                 comments[parts[0]] = parts[1:]
         elif line:
-            fields.extend(int(v) for v in line.split())
+            try:
+                fields.extend(int(v) for v in line.split())
+            except ValueError as err:
+                raise ReaderError(path, f"PGM header field not a number: {line[:40]!r}") from err
     width, height, maxval = fields[:3]
-    return comments, width, height, maxval, raw[pos:]
+    return comments, width, height, maxval, pos
 
 
 def read_fmi_pgm(path: str | Path, **_ignored):
     """Read an FMI PGM composite as a one-frame cube (dBZ)."""
-    comments, width, height, maxval, body = read_header(path)
-    if maxval > 255:
-        raise ReaderError(path, f"16-bit PGM (maxval {maxval}) is not an FMI dBZ composite")
-    if len(body) < width * height:
-        raise ReaderError(path, f"{len(body)} pixel bytes, expected {width * height} (truncated)")
+    comments, width, height, _, body = read_header(path)
     kind = (comments.get("type") or [""])[0]
     if kind != "stereographic":
         raise ReaderError(path, f"missing projection: header type {kind!r}, expected stereographic")

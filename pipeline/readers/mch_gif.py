@@ -15,7 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from mimcast.pipeline.cube import regular_grid
-from mimcast.pipeline.readers.common import MARSHALL_PALMER, ZR, ReaderError, frame, rate_to_dbz
+from mimcast.pipeline.readers.common import (
+    MARSHALL_PALMER,
+    ZR,
+    ReaderError,
+    check_grid_size,
+    frame,
+    rate_to_dbz,
+)
 
 CRS = "EPSG:21781"  # CH1903 / LV03
 LEFT, TOP, PIXEL = 255000.0, 480000.0, 1000.0
@@ -49,6 +56,7 @@ def read_mch_gif(path: str | Path, *, zr: ZR = MARSHALL_PALMER):
         with Image.open(path) as img:
             if img.mode != "P":
                 raise ReaderError(path, f"GIF mode {img.mode!r}, expected palette codes ('P')")
+            check_grid_size(path, img.height, img.width)  # before decoding
             codes = np.asarray(img)
     except (OSError, UnidentifiedImageError) as err:
         raise ReaderError(path, f"not a readable GIF ({err}); truncated?") from err

@@ -14,7 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from mimcast.pipeline.readers.common import MARSHALL_PALMER, ZR, ReaderError, frame, rate_to_dbz
+from mimcast.pipeline.readers.common import (
+    MARSHALL_PALMER,
+    ZR,
+    ReaderError,
+    check_grid_size,
+    frame,
+    rate_to_dbz,
+)
 
 EARTH_RADIUS = 6371229.0
 CRS = f"+proj=eqc +lat_ts=0 +lat_0=0 +lon_0=0 +x_0=0 +y_0=0 +R={EARTH_RADIUS:.0f} +units=m +no_defs"
@@ -41,6 +48,7 @@ def read_mrms_grib2(path: str | Path, *, zr: ZR = MARSHALL_PALMER):
                 dlon = float(get("iDirectionIncrementInDegrees"))
                 north_up = int(get("jScansPositively")) == 0
                 date, hhmm = int(get("dataDate")), int(get("dataTime"))
+                check_grid_size(path, nj, ni)  # before decoding the values
                 values = eccodes.codes_get_values(handle)
                 missing = float(get("missingValue"))
             finally:
@@ -57,8 +65,11 @@ def read_mrms_grib2(path: str | Path, *, zr: ZR = MARSHALL_PALMER):
     x = (lon0 + dlon * np.arange(ni)) * METRES_PER_DEGREE
     step = -dlat if north_up else dlat
     y = (lat0 + step * np.arange(nj)) * METRES_PER_DEGREE
-    time = np.datetime64(f"{date // 10000:04d}-{date // 100 % 100:02d}-{date % 100:02d}T"
-                         f"{hhmm // 100:02d}:{hhmm % 100:02d}", "ns")  # fmt: skip
+    try:  # minutes: a nanosecond time would wrap silently outside 1678..2262
+        time = np.datetime64(f"{date // 10000:04d}-{date // 100 % 100:02d}-{date % 100:02d}T"
+                             f"{hhmm // 100:02d}:{hhmm % 100:02d}", "m")  # fmt: skip
+    except ValueError as err:
+        raise ReaderError(path, f"dataDate {date} / dataTime {hhmm} is not a time") from err
     return frame(
         path, rate_to_dbz(rate, zr), time, x, y, CRS, quantity="RATE", units="mm h-1", zr=zr,
         institution="NOAA/NSSL MRMS",

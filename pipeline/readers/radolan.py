@@ -13,7 +13,6 @@ true at 60 N, centred on 10 E, with the lower-left corner 450/450 km (900x900), 
 
 from __future__ import annotations
 
-import gzip
 import re
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from mimcast.pipeline.readers.common import (
     frame,
     parse_time,
     rate_to_dbz,
+    read_bounded,
 )
 
 CRS = "+proj=stere +lat_0=90 +lat_ts=60 +lon_0=10 +x_0=0 +y_0=0 +R=6370040 +units=m +no_defs"
@@ -44,13 +44,14 @@ MAX_HEADER = 1024
 
 
 def read_header(path: str | Path) -> tuple[dict, bytes]:
-    """Return the parsed header and the raw bytes after it."""
-    opener = gzip.open if _is_gzip(path) else open
-    try:
-        with opener(path, "rb") as fh:
-            raw = fh.read()
-    except (OSError, EOFError) as err:
-        raise ReaderError(path, f"cannot decompress/read ({err}); truncated?") from err
+    """Return the parsed header and the data bytes after it.
+
+    The data must be exactly what the header declares (``GP`` rows x cols, 1 or 2 bytes per
+    pixel, and ``BY`` bytes in all where given): a longer file (trailing garbage, a
+    decompression bomb) is refused without being decompressed further.
+    """
+    largest = max(rows * cols for rows, cols in GRIDS) * 2
+    raw = read_bounded(path, MAX_HEADER + largest)
     end = raw.find(b"\x03", 0, MAX_HEADER)
     if end < 0:
         raise ReaderError(path, "no RADOLAN header (no ETX within the first 1024 bytes)")
@@ -69,12 +70,20 @@ def read_header(path: str | Path) -> tuple[dict, bytes]:
             info[key] = m.groups()
     if "GP" not in info:
         raise ReaderError(path, "RADOLAN header lacks the grid size token GP")
-    return info, raw[end + 1 :]
-
-
-def _is_gzip(path) -> bool:
-    with open(path, "rb") as fh:
-        return fh.read(2) == b"\x1f\x8b"
+    rows, cols = (int(v) for v in info["GP"])
+    radolan_grid(path, rows, cols)  # an unknown grid is refused before anything else
+    body = raw[end + 1 :]
+    expected = rows * cols * (1 if info["product"] in REFLECTIVITY_PRODUCTS else 2)
+    if len(body) < expected:
+        raise ReaderError(path, f"{len(body)} data bytes, expected {expected} (truncated)")
+    if len(body) > expected:
+        raise ReaderError(
+            path, f"{len(body) - expected} bytes after the {expected} data bytes the header "
+            "declares (trailing garbage)"
+        )  # fmt: skip
+    if "BY" in info and int(info["BY"][0]) != len(raw):
+        raise ReaderError(path, f"header says BY {info['BY'][0]} bytes, the file has {len(raw)}")
+    return info, body
 
 
 def radolan_grid(path, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
@@ -96,16 +105,12 @@ def read_radolan(path: str | Path, *, zr: ZR = MARSHALL_PALMER):
     product = info["product"]
     x, y = radolan_grid(path, rows, cols)
     if product in REFLECTIVITY_PRODUCTS:
-        if len(body) < rows * cols:
-            raise ReaderError(path, f"{len(body)} data bytes, expected {rows * cols} (truncated)")
         raw = np.frombuffer(body[: rows * cols], dtype=np.uint8).reshape(rows, cols)
         dbz = raw.astype(np.float32) * 0.5 - 32.5
         dbz[raw <= 0] = NO_ECHO_DBZ
         dbz[(raw == 249) | (raw == 250)] = np.nan
         return frame(path, dbz, info["time"], x, y, CRS, quantity="DBZH", units="dBZ",
                      institution="Deutscher Wetterdienst")  # fmt: skip
-    if len(body) < 2 * rows * cols:
-        raise ReaderError(path, f"{len(body)} data bytes, expected {2 * rows * cols} (truncated)")
     raw = np.frombuffer(body[: 2 * rows * cols], dtype="<u2").reshape(rows, cols)
     precision = 10.0 ** int(info.get("PR", ("0",))[0])
     minutes = float(info.get("INT", ("60",))[0])

@@ -1,0 +1,43 @@
+"""Device names: the one place that turns ``auto``/``cpu``/``cuda``/``cuda:N`` into a device."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def check_device_name(name: str) -> str:
+    """Return ``name`` normalised if it names a device (not checked against this machine)."""
+    name = str(name).strip().lower()
+    if not _PATTERN.match(name):
+        raise ValueError(f"device {name!r} is not one of auto, cpu, cuda, cuda:N")
+    return name
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """Return the ``torch.device`` for ``name``, checked against this machine.
+
+    ``auto`` is ``cuda:<local_rank>`` when CUDA is present, else ``cpu``.
+
+    Raises
+    ------
+    ValueError
+        For a name that is not a device, or a CUDA device this machine does not have.
+    """
+    name = check_device_name(name)
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {name!r}: this machine has no CUDA GPU (use cpu or auto)")
+        if (device.index or 0) >= count:
+            raise ValueError(
+                f"device {name!r}: this machine has {count} CUDA device(s), "
+                f"cuda:0..cuda:{count - 1}"
+            )
+    return device

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
-from prefect.states import Completed
+from prefect.states import Completed, Failed
 
 from mimcast.flows.common import DEFAULT_CUBE, DEFAULT_NOWCASTS
 from mimcast.models.checkpoint import CheckpointError
 from mimcast.pipeline.defaults import FALLBACK_METHOD, NOWCAST_METHOD
-from mimcast.pipeline.nowcast import NowcastError, run_nowcast
+from mimcast.pipeline.nowcast import NowcastError, NoValidDataError, run_nowcast
 
 _PERMANENT = (NowcastError, CheckpointError)
 
@@ -35,7 +35,10 @@ def nowcast_flow(
     method: str = NOWCAST_METHOD,
     fallback: str | None = FALLBACK_METHOD,
 ):
-    """Nowcast from the cube; without complete input frames, end as ``Skipped`` saying which."""
+    """Nowcast from the cube; without complete input frames, end as ``Skipped`` saying which.
+
+    Inputs without a single valid pixel (a broken feed) end the run as ``Failed``, saying so.
+    """
     logger = get_run_logger()
     kwargs = {"checkpoint": checkpoint, "time": time, "plot": plot, "source": source}
     try:
@@ -48,6 +51,10 @@ def nowcast_flow(
             create_markdown_artifact(f"**Model unusable**: {err}\n\nFell back to `{fallback}`.",
                                      key="nowcast-fallback")  # fmt: skip
             out = nowcast_task(cube, out_dir, method=fallback, **kwargs)
+    except NoValidDataError as err:  # a broken feed: fail loudly, write nothing
+        logger.error("no nowcast: %s", err)
+        create_markdown_artifact(f"**Nowcast failed**: {err}", key="nowcast-failed")
+        return Failed(message=f"no nowcast: {err}")
     except NowcastError as err:
         logger.warning("no nowcast: %s", err)
         create_markdown_artifact(f"**No nowcast**: {err}", key="nowcast-skipped")

@@ -41,6 +41,10 @@ class NowcastError(ValueError):
     """The cube cannot feed a nowcast at the requested time; the message names the frames."""
 
 
+class NoValidDataError(NowcastError):
+    """The inputs (or the forecast) hold no valid pixel: a broken feed, not a missing frame."""
+
+
 @dataclass(frozen=True)
 class NowcastOptions:
     """How a nowcast is run."""
@@ -235,10 +239,14 @@ def nowcast(
     wanted = input_times(cube, forecaster.input_frames, options.time)
     inputs = cube[VARIABLE].sel(time=wanted.astype("datetime64[ns]")).values  # (T_in, H, W)
     if not np.isfinite(inputs[-1]).any():
-        raise NowcastError(
+        raise NoValidDataError(
             f"cannot nowcast from {wanted[-1]}: the last input frame has no valid pixel"
         )
     dbz = np.asarray(forecaster(inputs, n_leads), dtype=np.float32)
+    if not np.isfinite(dbz).any():
+        raise NoValidDataError(
+            f"{forecaster.name} forecast from {wanted[-1]} has no valid pixel; nothing written"
+        )
     return forecast_dataset(cube, dbz, wanted, options, source=source, method=forecaster.name)
 
 

@@ -251,3 +251,21 @@ def test_sampling_masks_follow_their_schedules():
     early = sampling_mask(0, 4096, model, reverse, gen)[:, :3].mean().item()
     assert early == pytest.approx(0.5, abs=0.03)  # half the observed frames replaced
     assert sampling_mask(100, 256, model, reverse, gen)[:, :3].eq(1).all()
+
+
+def test_a_run_killed_before_its_first_checkpoint_does_not_repeat_its_log(cube, tmp_path):
+    config = tmp_path / "late_checkpoint.toml"
+    config.write_text(TINY_TOML.replace("checkpoint_every = 5", "checkpoint_every = 100"))
+    run = tmp_path / "run"
+    run.mkdir()
+    # what a run killed at step 3, before its first checkpoint, leaves: log lines (the last
+    # one cut short) and no state to resume from
+    stale = [json.dumps({"step": s, "event": "train", "loss": 9.0}) for s in (1, 2, 3)]
+    (run / "metrics.jsonl").write_text("\n".join(stale) + '\n{"step": 4, "ev')
+    cmd = _train_cmd(cube, config, run, 4)
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = [r for r in read_metrics(run / "metrics.jsonl") if "loss" in r]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]  # each step once, from the new run
+    assert all(r["loss"] != 9.0 for r in records)

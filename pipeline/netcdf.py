@@ -94,7 +94,7 @@ def write_nowcast(
         name: {"zlib": True, "complevel": 4, "_FillValue": FILL_VALUE, "dtype": "float32"}
         for name in PRODUCTS
     }
-    for name in ("time", "forecast_reference_time"):
+    for name in ("time", "forecast_reference_time", "time_bnds"):
         encoding[name] = {"units": TIME_UNITS, "calendar": "standard", "dtype": "float64",
                           "_FillValue": None}  # fmt: skip
     encoding["lat"] = {"zlib": True, "_FillValue": None}

@@ -194,20 +194,24 @@ def forecast_dataset(
             "reflectivity": (("time", "y", "x"), dbz.astype(np.float32), {
                 "standard_name": "equivalent_reflectivity_factor", "long_name":
                 "forecast equivalent reflectivity factor", "units": "dBZ",
-                "grid_mapping": GRID_MAPPING}),
+                "grid_mapping": GRID_MAPPING, "cell_methods": "time: point"}),
             "rainfall_rate": (("time", "y", "x"), rate, {
                 "standard_name": "rainfall_rate", "long_name": "forecast rain rate",
-                "units": "mm h-1", "grid_mapping": GRID_MAPPING,
+                "units": "mm h-1", "grid_mapping": GRID_MAPPING, "cell_methods": "time: point",
                 "comment": f"Z = {zr.a:g} R^{zr.b:g}; 0 below {options.rain_threshold_dbz:g} dBZ",
                 **attrs}),
             "precipitation_amount": (("time", "y", "x"), amount, {
                 "standard_name": "precipitation_amount",
                 "long_name": "precipitation accumulated since the reference time",
-                "units": "kg m-2", "grid_mapping": GRID_MAPPING}),
+                "units": "kg m-2", "grid_mapping": GRID_MAPPING,
+                "cell_methods": "time: sum"}),
+            # the accumulation interval of each lead: reference time .. valid time
+            "time_bnds": (("time", "nv"), np.stack([np.full_like(valid_times, reference),
+                                                    valid_times], axis=1)),
         },
         coords={
             "time": ("time", valid_times, {"standard_name": "time", "long_name": "valid time",
-                                           "axis": "T"}),
+                                           "axis": "T", "bounds": "time_bnds"}),
             "forecast_period": ("time", lead.astype(np.int32), {
                 "standard_name": "forecast_period", "long_name": "lead time", "units": "minutes"}),
             "forecast_reference_time": ((), reference, {

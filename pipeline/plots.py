@@ -69,6 +69,10 @@ class DataProjection(ccrs.Projection):
     def threshold(self):
         return (self._extent[1] - self._extent[0]) / 1000.0
 
+    @threshold.setter
+    def threshold(self, _value) -> None:  # cartopy >= 0.23 assigns one in __init__: ignore
+        pass
+
 
 def extent(ds: xr.Dataset) -> tuple[float, float, float, float]:
     """Return the outer edges ``(xmin, xmax, ymin, ymax)`` of the grid."""

@@ -104,6 +104,21 @@ def test_nowcast_flow_with_missing_inputs_ends_skipped_and_says_which(harness, a
     assert not (root / "out2").exists() or not list((root / "out2").glob("*.nc"))
 
 
+def test_nowcast_flow_without_a_valid_input_pixel_fails_and_says_why(harness, assets, tmp_path):
+    import xarray as xr
+
+    from mimcast.flows.nowcast import nowcast_flow
+
+    root, ckpt = assets
+    cube = xr.open_zarr(root / "cube.zarr", consolidated=False).load()
+    cube["reflectivity"][-1] = np.nan  # the newest frame arrived empty: a broken feed
+    cube.to_zarr(tmp_path / "empty_last.zarr", consolidated=False)
+    state = nowcast_flow(cube=str(tmp_path / "empty_last.zarr"), out_dir=str(tmp_path / "out"),
+                         checkpoint=str(ckpt), plot=False, return_state=True)  # fmt: skip
+    assert state.is_failed() and "no valid pixel" in state.message
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.nc"))
+
+
 def test_ingest_flow_fans_out_scans_on_dask(harness, tmp_path):
     from mimcast.flows.ingest import ingest_flow
 

@@ -282,3 +282,27 @@ def test_garbage_and_empty_files_are_unknown_format(tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(ReaderError, match="empty file"):
         detect_format(empty)
+
+
+@pytest.mark.parametrize("fmt", sorted(SAMPLES))
+def test_a_map_draws_in_every_readers_projection(radar_samples, fmt, tmp_path):
+    """Maps in each sample's own projection, with the shipped coastlines/borders (Swiss grid
+    included: cartopy's area-of-use threshold used to crash it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mimcast.pipeline import plots
+
+    ds = read(radar_samples / SAMPLES[fmt])
+    step = max(1, max(ds.sizes["x"], ds.sizes["y"]) // 400)  # same extent, fewer pixels
+    ds = ds.isel(x=slice(None, None, step), y=slice(None, None, step))
+    fig = plt.figure(figsize=(4, 4))
+    ax, proj = plots.map_axes(fig, ds)
+    plots.draw_dbz(ax, proj, ds, ds.reflectivity.values[0])
+    fig.savefig(tmp_path / f"{fmt}.png", dpi=60)
+    layers = [a for a in ax.artists + ax.collections if type(a).__name__ == "FeatureArtist"]
+    plt.close(fig)
+    assert layers, "no coastline or border drawn"
+    assert (tmp_path / f"{fmt}.png").stat().st_size > 5000

@@ -76,6 +76,7 @@ def write_nowcast(
     reference = forecast["forecast_reference_time"].values
     path = out / nowcast_filename(source, reference)
     ds = add_latlon(forecast)
+    ds[GRID_MAPPING].attrs.setdefault("long_name", "coordinate reference system")
     for name in PRODUCTS:
         ds[name].attrs = {
             **ds[name].attrs,

@@ -108,6 +108,12 @@ def test_xarray_reopens_with_decoded_times_and_crs(written, cube):
     assert pyproj.CRS.from_cf(dict(ds.crs.attrs)) == cube_crs(cube)
     assert ds.reflectivity.attrs["units"] == "dBZ"
     assert ds.precipitation_amount.attrs["standard_name"] == "precipitation_amount"
+    # accumulations are sums over [reference time, valid time]; the other fields are points
+    assert ds.precipitation_amount.attrs["cell_methods"] == "time: sum"
+    assert ds.reflectivity.attrs["cell_methods"] == "time: point"
+    bounds = ds[ds.time.attrs["bounds"]].values
+    reference = ds.forecast_reference_time.values
+    assert (bounds[:, 0] == reference).all() and (bounds[:, 1] == ds.time.values).all()
     assert ds.attrs["Conventions"] == "CF-1.8" and "checkpoint tiny" in ds.attrs["source"]
     np.testing.assert_allclose(ds.reflectivity.values, forecast.reflectivity.values)
     # a known pixel's lat/lon agrees with pyproj

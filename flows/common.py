@@ -1,8 +1,10 @@
-"""Prefect plumbing shared by the flows: defaults, the Dask task runner, artifacts.
+"""Prefect plumbing shared by the flows: site settings, the Dask task runner.
 
-Defaults put everything under ``data/local/`` of the checkout (git-ignored); every path is a
-flow parameter. ``MIMCAST_DASK_ADDRESS`` (e.g. ``tcp://scheduler:8786``) sends the fan-out
-tasks of ``ingest`` and ``evaluate`` to an existing Dask cluster; without it they run on a
+Paths a run is not given come from the site settings at run time
+(:func:`mimcast.pipeline.defaults.site_settings`: ``MIMCAST_*`` variables or the site file),
+so scheduled runs, which carry no parameters, use the paths the operator set once.
+``MIMCAST_DASK_ADDRESS`` (e.g. ``tcp://scheduler:8786``) sends the fan-out tasks of
+``ingest`` and ``evaluate`` to an existing Dask cluster; without it they run on a
 ``LocalCluster`` that the flow starts and stops.
 """
 
@@ -13,13 +15,7 @@ import os
 
 from prefect_dask import DaskTaskRunner
 
-from mimcast.pipeline.defaults import (  # noqa: F401 - re-exported for the flows
-    DEFAULT_CUBE,
-    DEFAULT_EVALUATION,
-    DEFAULT_INCOMING,
-    DEFAULT_NOWCASTS,
-    DEFAULT_RUNS,
-)
+from mimcast.pipeline.defaults import site_settings  # noqa: F401 - re-exported for the flows
 
 # the cluster's own chatter (workers starting and retiring) is not news to an operator
 for _name in ("distributed", "distributed.scheduler", "distributed.worker", "distributed.core"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from mimcast.flows.common import DEFAULT_CUBE, DEFAULT_EVALUATION, dask_task_runner
+from mimcast.flows.common import dask_task_runner, site_settings
 from mimcast.pipeline.defaults import EVALUATE_EVERY, EVALUATE_METHODS
 from mimcast.pipeline.evaluation import (
     build_forecasters,
@@ -19,8 +19,8 @@ score_task = task(score_reference_time, name="score-reference-time", retries=1)
 
 @flow(name="evaluate", task_runner=dask_task_runner(), log_prints=False)
 def evaluate_flow(
-    cube: str = DEFAULT_CUBE,
-    out_dir: str = DEFAULT_EVALUATION,
+    cube: str | None = None,
+    out_dir: str | None = None,
     checkpoint: str | None = None,
     start: str | None = None,
     end: str | None = None,
@@ -29,6 +29,9 @@ def evaluate_flow(
     postprocess: str | None = None,
 ) -> dict:
     """Score the methods (default MIMNet, persistence, extrapolation); write the report."""
+    site = site_settings()
+    cube, out_dir = cube or site.cube, out_dir or site.evaluation
+    checkpoint = checkpoint or site.checkpoint
     forecasters = build_forecasters(tuple(methods or EVALUATE_METHODS), checkpoint=checkpoint,
                                     postprocess=postprocess)  # fmt: skip
     plan = plan_evaluation(cube, forecasters, start=start, end=end, every=every)

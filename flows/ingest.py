@@ -5,17 +5,26 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from mimcast.flows.common import DEFAULT_CUBE, DEFAULT_INCOMING, dask_task_runner
+from mimcast.flows.common import dask_task_runner, site_settings
 from mimcast.pipeline.ingest import IngestOptions, discover, ingest, report_path, scan_file
 from mimcast.pipeline.readers import ZR
 from mimcast.pipeline.zr import MARSHALL_PALMER
 
+
+def _transient(error) -> bool:
+    """I/O errors may pass; a missing file, a busy or unusable cube will not on a retry."""
+    from mimcast.pipeline.ingest import CubeBusyError
+
+    return isinstance(error, OSError) and not isinstance(error, FileNotFoundError | CubeBusyError)
+
+
 scan_task = task(scan_file, name="scan-file", retries=2, retry_delay_seconds=5)
 
 
-@task(name="write-cube", retries=3, retry_delay_seconds=10, timeout_seconds=3600,
-      retry_condition_fn=lambda task, run, state: isinstance(state.result(raise_on_failure=False),
-                                                             OSError))  # fmt: skip
+@task(
+    name="write-cube", retries=3, retry_delay_seconds=10, timeout_seconds=3600,
+    retry_condition_fn=lambda task, run, state: _transient(state.result(raise_on_failure=False)),
+)  # fmt: skip
 def write_task(paths: list[str], cube: str, options: IngestOptions, scans: list[dict]):
     """Order, deduplicate and write the scanned frames (retried on I/O errors)."""
     return ingest(paths, cube, options, scans=scans)
@@ -24,15 +33,17 @@ def write_task(paths: list[str], cube: str, options: IngestOptions, scans: list[
 @flow(name="ingest", task_runner=dask_task_runner(), log_prints=False)
 def ingest_flow(
     paths: list[str] | None = None,
-    cube: str = DEFAULT_CUBE,
+    cube: str | None = None,
     format: str = "auto",
     zr_a: float = MARSHALL_PALMER.a,
     zr_b: float = MARSHALL_PALMER.b,
     step_minutes: int | None = None,
 ) -> dict:
-    """Ingest new files (default: ``data/local/incoming``) into the Zarr cube."""
+    """Ingest new files (default: the site's incoming folder) into the cube (the site's)."""
     logger = get_run_logger()
-    paths = paths or [DEFAULT_INCOMING]
+    site = site_settings()
+    paths = paths or [site.incoming]
+    cube = cube or site.cube
     options = IngestOptions(format=format, zr=ZR(zr_a, zr_b), step_minutes=step_minutes)
     files, problems = discover(paths)
     for problem in problems:

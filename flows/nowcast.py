@@ -11,12 +11,12 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.states import Completed, Failed
 
-from mimcast.flows.common import DEFAULT_CUBE, DEFAULT_NOWCASTS
+from mimcast.flows.common import site_settings
 from mimcast.models.checkpoint import CheckpointError
 from mimcast.pipeline.defaults import FALLBACK_METHOD, NOWCAST_METHOD
-from mimcast.pipeline.nowcast import NowcastError, NoValidDataError, run_nowcast
+from mimcast.pipeline.nowcast import NoValidDataError, NowcastError, run_nowcast
 
-_PERMANENT = (NowcastError, CheckpointError)
+_PERMANENT = (ValueError, CheckpointError, FileNotFoundError)  # no cube, no frames, bad input
 
 nowcast_task = task(run_nowcast, name="run-nowcast", retries=1, retry_delay_seconds=10,
                     timeout_seconds=900,
@@ -26,21 +26,28 @@ nowcast_task = task(run_nowcast, name="run-nowcast", retries=1, retry_delay_seco
 
 @flow(name="nowcast", log_prints=False)
 def nowcast_flow(
-    cube: str = DEFAULT_CUBE,
-    out_dir: str = DEFAULT_NOWCASTS,
+    cube: str | None = None,
+    out_dir: str | None = None,
     checkpoint: str | None = None,
     time: str = "latest",
     plot: bool = True,
     source: str | None = None,
     method: str = NOWCAST_METHOD,
     fallback: str | None = FALLBACK_METHOD,
+    skip_existing: bool = True,
 ):
     """Nowcast from the cube; without complete input frames, end as ``Skipped`` saying which.
 
     Inputs without a single valid pixel (a broken feed) end the run as ``Failed``, saying so.
+    With ``skip_existing`` (the default, as for scheduled runs) a reference time that already
+    has its product ends ``Skipped``: no new frame since the last nowcast. Paths not given
+    come from the site settings.
     """
     logger = get_run_logger()
-    kwargs = {"checkpoint": checkpoint, "time": time, "plot": plot, "source": source}
+    site = site_settings()
+    cube, out_dir = cube or site.cube, out_dir or site.nowcasts
+    kwargs = {"checkpoint": checkpoint or site.checkpoint, "time": time, "plot": plot,
+              "source": source, "skip_existing": skip_existing}  # fmt: skip
     try:
         try:
             out = nowcast_task(cube, out_dir, method=method, **kwargs)

@@ -14,12 +14,6 @@ from datetime import timedelta
 from prefect import serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
-from mimcast.flows.common import (
-    DEFAULT_CUBE,
-    DEFAULT_EVALUATION,
-    DEFAULT_INCOMING,
-    DEFAULT_NOWCASTS,
-)
 from mimcast.flows.evaluate import evaluate_flow
 from mimcast.flows.ingest import ingest_flow
 from mimcast.flows.nowcast import nowcast_flow
@@ -33,35 +27,44 @@ ONE_AT_A_TIME = ConcurrencyLimitConfig(
 
 def deployments(
     *,
-    cube: str = DEFAULT_CUBE,
-    incoming: str = DEFAULT_INCOMING,
-    out_dir: str = DEFAULT_NOWCASTS,
-    evaluation_dir: str = DEFAULT_EVALUATION,
+    cube: str | None = None,
+    incoming: str | None = None,
+    out_dir: str | None = None,
+    evaluation_dir: str | None = None,
     checkpoint: str | None = None,
     interval_minutes: float | None = 5.0,
 ) -> list:
-    """Return the RunnerDeployments; ``interval_minutes=None`` leaves them unscheduled."""
+    """Return the RunnerDeployments; ``interval_minutes=None`` leaves them unscheduled.
+
+    Paths left ``None`` are not fixed in the deployment: each run reads the site settings.
+    """
     every = timedelta(minutes=interval_minutes) if interval_minutes else None
     common = {"concurrency_limit": ONE_AT_A_TIME, "tags": ["mimcast"]}
     return [
         ingest_flow.to_deployment(
-            name=DEPLOYMENT, interval=every, parameters={"paths": [incoming], "cube": cube},
+            name=DEPLOYMENT, interval=every,
+            parameters=_given(paths=[incoming] if incoming else None, cube=cube),
             description="new radar files into the cube", **common,
         ),
         nowcast_flow.to_deployment(
             name=DEPLOYMENT, interval=every,
-            parameters={"cube": cube, "out_dir": out_dir, "checkpoint": checkpoint},
+            parameters=_given(cube=cube, out_dir=out_dir, checkpoint=checkpoint),
             description="latest complete reference time -> CF NetCDF and quicklooks", **common,
         ),
         evaluate_flow.to_deployment(
             name=DEPLOYMENT, cron="30 0 * * *" if every else None,
-            parameters={"cube": cube, "out_dir": evaluation_dir, "checkpoint": checkpoint},
+            parameters=_given(cube=cube, out_dir=evaluation_dir, checkpoint=checkpoint),
             description="daily hindcast against persistence and extrapolation", **common,
         ),
         train_flow.to_deployment(
-            name=DEPLOYMENT, parameters={"cubes": [cube]}, description="train MIMNet", **common,
+            name=DEPLOYMENT, parameters=_given(cubes=[cube] if cube else None),
+            description="train MIMNet", **common,
         ),
     ]  # fmt: skip
+
+
+def _given(**parameters) -> dict:
+    return {k: v for k, v in parameters.items() if v is not None}
 
 
 def serve_all(**kwargs) -> None:

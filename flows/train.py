@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from mimcast.flows.common import DEFAULT_CUBE, DEFAULT_RUNS
+from mimcast.flows.common import site_settings
 from mimcast.pipeline.training import load_run_config, run_training
 
 
@@ -19,12 +19,13 @@ def train_task(cubes: list[str], out_dir: str, config_path: str | None, max_step
 @flow(name="train", log_prints=False)
 def train_flow(
     cubes: list[str] | None = None,
-    out_dir: str = DEFAULT_RUNS,
+    out_dir: str | None = None,
     config: str | None = None,
     max_steps: int | None = None,
 ) -> dict:
     """Train MIMNet; the run directory gets checkpoints, metrics and curves."""
-    result = train_task(cubes or [DEFAULT_CUBE], out_dir, config, max_steps)
+    site = site_settings()
+    result = train_task(cubes or [site.cube], out_dir or site.runs, config, max_steps)
     get_run_logger().info("trained to step %d, best validation MSE %s", result.step,
                           result.best_val_mse)  # fmt: skip
     create_markdown_artifact(

@@ -262,9 +262,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if not os.environ.get("MIMCAST_DEBUG"):
         _quiet_prefect_tracebacks()
 
+    from mimcast.pipeline.defaults import site_settings
+
+    site_settings()  # a broken site file fails here, in one line, before anything is served
+
+    def absolute(path):
+        return str(Path(path).resolve()) if path else None
+
     serve_all(
-        cube=str(Path(args.cube).resolve()), incoming=str(Path(args.incoming).resolve()),
-        out_dir=str(Path(args.out).resolve()), checkpoint=args.checkpoint,
+        cube=absolute(args.cube), incoming=absolute(args.incoming),
+        out_dir=absolute(args.out), checkpoint=args.checkpoint,
         interval_minutes=None if args.no_schedule else args.interval_minutes,
     )  # fmt: skip
     return 0
@@ -315,9 +322,6 @@ def build_parser() -> argparse.ArgumentParser:
     from importlib.metadata import PackageNotFoundError, version
 
     from mimcast.pipeline.defaults import (
-        DEFAULT_CUBE,
-        DEFAULT_INCOMING,
-        DEFAULT_NOWCASTS,
         EVALUATE_EVERY,
         EVALUATE_METHODS,
         MAP_LEADS,
@@ -517,10 +521,11 @@ def build_parser() -> argparse.ArgumentParser:
         "every 5 minutes, evaluate daily, train on demand. Trigger one with e.g. "
         "'prefect deployment run nowcast/mimcast'. Stop with Ctrl-C.",
     )
-    p.add_argument("--cube", default=DEFAULT_CUBE, help="Zarr cube (default data/local/cube.zarr)")
-    p.add_argument("--incoming", default=DEFAULT_INCOMING, help="folder of new radar files")
-    p.add_argument("--out", default=DEFAULT_NOWCASTS, help="folder for nowcast NetCDF and maps")
-    p.add_argument("--checkpoint", help="model checkpoint (default: the shipped one)")
+    p.add_argument("--cube", help="Zarr cube (default: the site settings, MIMCAST_CUBE)")
+    p.add_argument("--incoming", help="folder of new radar files (default: MIMCAST_INCOMING)")
+    p.add_argument("--out", help="folder for nowcast NetCDF and maps (default: MIMCAST_NOWCASTS)")
+    p.add_argument("--checkpoint", help="model checkpoint (default: MIMCAST_CHECKPOINT, else "
+                   "the shipped one)")  # fmt: skip
     p.add_argument("--interval-minutes", type=_positive, default=SERVE_INTERVAL_MINUTES,
                    help=f"schedule (default {SERVE_INTERVAL_MINUTES:g})")  # fmt: skip
     p.add_argument("--no-schedule", action="store_true", help="only run when triggered")

@@ -1,11 +1,19 @@
 """Defaults declared once: the CLI, the flows and the library all read them from here.
 
-Paths default to ``data/local/`` of the checkout (git-ignored); every path is also a CLI
-option and a flow parameter.
+Site paths (where the cube, the incoming files and the products live) are set once per
+site, for every command and every scheduled run, by :func:`site_settings`: environment
+variables ``MIMCAST_CUBE``, ``MIMCAST_INCOMING``, ``MIMCAST_NOWCASTS``,
+``MIMCAST_EVALUATION``, ``MIMCAST_RUNS``, ``MIMCAST_CHECKPOINT``, else the ``[paths]`` table
+of the site file (``MIMCAST_CONFIG``, default ``~/.config/mimcast/mimcast.toml``), else
+``data/local/`` of the checkout (git-ignored). A CLI option or flow parameter given
+explicitly wins over all of them.
 """
 
 from __future__ import annotations
 
+import os
+import tomllib
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,3 +52,51 @@ EVALUATE_EVERY = 6  # every N-th reference time of a hindcast
 
 # ---- serve
 SERVE_INTERVAL_MINUTES = 5.0
+
+
+# ---- site settings
+
+
+@dataclass(frozen=True)
+class SiteSettings:
+    """Where one site keeps its data; see the module docstring for the order of sources."""
+
+    cube: str = DEFAULT_CUBE  # the Zarr cube that ingest extends and nowcasts read
+    incoming: str = DEFAULT_INCOMING  # folder where new radar files arrive
+    nowcasts: str = DEFAULT_NOWCASTS  # nowcast NetCDF and maps
+    evaluation: str = DEFAULT_EVALUATION  # hindcast reports
+    runs: str = DEFAULT_RUNS  # training run directory
+    checkpoint: str | None = None  # model checkpoint (None: the shipped one)
+
+
+def site_file() -> Path:
+    """Return the site settings file: ``MIMCAST_CONFIG``, else ~/.config/mimcast/mimcast.toml."""
+    return Path(os.environ.get("MIMCAST_CONFIG") or Path.home() / ".config/mimcast/mimcast.toml")
+
+
+def site_settings() -> SiteSettings:
+    """Return this site's settings (read now: a scheduled run sees the current ones).
+
+    Raises
+    ------
+    ValueError
+        When the site file is not valid TOML or has unknown keys (named, with the known ones).
+    """
+    values: dict[str, str] = {}
+    path = site_file()
+    known = [f.name for f in fields(SiteSettings)]
+    if path.is_file():
+        try:
+            doc = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"{path}: not valid TOML: {err}") from err
+        table = doc.get("paths", {})
+        unknown = sorted(set(doc) - {"paths"}) + sorted(set(table) - set(known))
+        if unknown:
+            raise ValueError(f"{path}: unknown key(s) {unknown}; known: [paths] {known}")
+        values.update({k: str(Path(v).expanduser()) for k, v in table.items()})
+    for name in known:
+        env = os.environ.get(f"MIMCAST_{name.upper()}")
+        if env:
+            values[name] = str(Path(env).expanduser())
+    return SiteSettings(**values)

@@ -41,6 +41,10 @@ class NowcastError(ValueError):
     """The cube cannot feed a nowcast at the requested time; the message names the frames."""
 
 
+class UpToDateError(NowcastError):
+    """The product of this reference time exists already (nothing new to nowcast from)."""
+
+
 class NoValidDataError(NowcastError):
     """The inputs (or the forecast) hold no valid pixel: a broken feed, not a missing frame."""
 
@@ -277,16 +281,26 @@ def run_nowcast(
     source: str | None = None,
     device: str = "auto",
     steps: int | None = None,
+    skip_existing: bool = False,
 ) -> NowcastOutputs:
-    """Nowcast from a Zarr cube with a registered method; write NetCDF (and quicklooks)."""
+    """Nowcast from a Zarr cube with a registered method; write NetCDF (and quicklooks).
+
+    ``skip_existing``: raise :class:`UpToDateError` instead of recomputing when the product of
+    this reference time exists already (a scheduled run with no new frame since the last).
+    """
     from mimcast.pipeline.cube import open_cube
     from mimcast.pipeline.forecasters import get_forecaster
-    from mimcast.pipeline.netcdf import write_nowcast
+    from mimcast.pipeline.netcdf import nowcast_filename, write_nowcast
 
+    cube = open_cube(cube_path)
     forecaster = get_forecaster(method, checkpoint=str(checkpoint) if checkpoint else None,
                                 device=device)  # fmt: skip
-    cube = open_cube(cube_path)
     name = source or Path(cube_path).name.removesuffix(".zarr")
+    if skip_existing:
+        ref = input_times(cube, forecaster.input_frames, time)[-1]
+        done = Path(out_dir) / nowcast_filename(name, ref)
+        if done.exists():
+            raise UpToDateError(f"no new frame since the last product: {done} exists")
     forecast = nowcast(cube, forecaster, NowcastOptions(time=time, leads=steps), source=name)
     if method == "mimnet":
         model, about = "MIMNet", forecaster.describe()

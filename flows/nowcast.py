@@ -14,7 +14,12 @@ from prefect.states import Completed, Failed
 from mimcast.flows.common import site_settings
 from mimcast.models.checkpoint import CheckpointError
 from mimcast.pipeline.defaults import FALLBACK_METHOD, NOWCAST_METHOD
-from mimcast.pipeline.nowcast import NoValidDataError, NowcastError, run_nowcast
+from mimcast.pipeline.nowcast import (
+    NoValidDataError,
+    NowcastError,
+    existing_product,
+    run_nowcast,
+)
 
 _PERMANENT = (ValueError, CheckpointError, FileNotFoundError)  # no cube, no frames, bad input
 
@@ -47,7 +52,13 @@ def nowcast_flow(
     site = site_settings()
     cube, out_dir = cube or site.cube, out_dir or site.nowcasts
     kwargs = {"checkpoint": checkpoint or site.checkpoint, "time": time, "plot": plot,
-              "source": source, "skip_existing": skip_existing}  # fmt: skip
+              "source": source}  # fmt: skip
+    if skip_existing:
+        done = existing_product(cube, out_dir, method=method, checkpoint=kwargs["checkpoint"],
+                                time=time, source=source)  # fmt: skip
+        if done is not None:
+            logger.info("no new frame since the last product %s", done)
+            return Completed(name="Skipped", message=f"no new frame since the last product: {done}")
     try:
         try:
             out = nowcast_task(cube, out_dir, method=method, **kwargs)

@@ -41,10 +41,6 @@ class NowcastError(ValueError):
     """The cube cannot feed a nowcast at the requested time; the message names the frames."""
 
 
-class UpToDateError(NowcastError):
-    """The product of this reference time exists already (nothing new to nowcast from)."""
-
-
 class NoValidDataError(NowcastError):
     """The inputs (or the forecast) hold no valid pixel: a broken feed, not a missing frame."""
 
@@ -281,26 +277,16 @@ def run_nowcast(
     source: str | None = None,
     device: str = "auto",
     steps: int | None = None,
-    skip_existing: bool = False,
 ) -> NowcastOutputs:
-    """Nowcast from a Zarr cube with a registered method; write NetCDF (and quicklooks).
-
-    ``skip_existing``: raise :class:`UpToDateError` instead of recomputing when the product of
-    this reference time exists already (a scheduled run with no new frame since the last).
-    """
+    """Nowcast from a Zarr cube with a registered method; write NetCDF (and quicklooks)."""
     from mimcast.pipeline.cube import open_cube
     from mimcast.pipeline.forecasters import get_forecaster
-    from mimcast.pipeline.netcdf import nowcast_filename, write_nowcast
+    from mimcast.pipeline.netcdf import write_nowcast
 
     cube = open_cube(cube_path)
     forecaster = get_forecaster(method, checkpoint=str(checkpoint) if checkpoint else None,
                                 device=device)  # fmt: skip
     name = source or Path(cube_path).name.removesuffix(".zarr")
-    if skip_existing:
-        ref = input_times(cube, forecaster.input_frames, time)[-1]
-        done = Path(out_dir) / nowcast_filename(name, ref)
-        if done.exists():
-            raise UpToDateError(f"no new frame since the last product: {done} exists")
     forecast = nowcast(cube, forecaster, NowcastOptions(time=time, leads=steps), source=name)
     if method == "mimnet":
         model, about = "MIMNet", forecaster.describe()
@@ -318,3 +304,34 @@ def run_nowcast(
         gif = animation(forecast, f"{stem}.gif")
     ref = str(np.datetime64(forecast["forecast_reference_time"].values, "m"))
     return NowcastOutputs(path, ref, pngs, gif, method)
+
+
+def existing_product(
+    cube_path: str | Path,
+    out_dir: str | Path,
+    *,
+    method: str = NOWCAST_METHOD,
+    checkpoint: str | Path | None = None,
+    time: str = "latest",
+    source: str | None = None,
+) -> Path | None:
+    """Return the product that a nowcast at ``time`` would write, if it exists already.
+
+    A scheduled run asks this first: with no new frame since the last product there is
+    nothing to do. Any problem (no cube, missing inputs, an unusable model) returns ``None``,
+    so that :func:`run_nowcast` meets and reports it.
+    """
+    from mimcast.models.checkpoint import CheckpointError
+    from mimcast.pipeline.cube import CubeError, open_cube
+    from mimcast.pipeline.forecasters import get_forecaster
+    from mimcast.pipeline.netcdf import nowcast_filename
+
+    try:
+        cube = open_cube(cube_path, quiet=True)
+        forecaster = get_forecaster(method, checkpoint=str(checkpoint) if checkpoint else None)
+        ref = input_times(cube, forecaster.input_frames, time)[-1]
+    except (CubeError, NowcastError, CheckpointError, OSError):
+        return None
+    name = source or Path(cube_path).name.removesuffix(".zarr")
+    path = Path(out_dir) / nowcast_filename(name, ref)
+    return path if path.exists() else None

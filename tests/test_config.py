@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from mimcast.pipeline.config import ConfigError, from_mapping, load_toml, to_dict
@@ -31,3 +33,21 @@ def test_unknown_and_invalid_keys_name_file_and_key(tmp_path):
     path.write_text("frames = [")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_toml(SyntheticConfig, path)
+
+
+def test_site_settings_come_from_the_environment_then_the_site_file(tmp_path, monkeypatch):
+    from mimcast.pipeline.defaults import DEFAULT_RUNS, site_settings
+
+    for name in ("CUBE", "INCOMING", "NOWCASTS", "EVALUATION", "RUNS", "CHECKPOINT"):
+        monkeypatch.delenv(f"MIMCAST_{name}", raising=False)
+    site = tmp_path / "mimcast.toml"
+    site.write_text('[paths]\ncube = "/data/cube.zarr"\nnowcasts = "~/nowcasts"\n')
+    monkeypatch.setenv("MIMCAST_CONFIG", str(site))
+    monkeypatch.setenv("MIMCAST_CUBE", "/fast/cube.zarr")
+    settings = site_settings()
+    assert settings.cube == "/fast/cube.zarr"  # the environment wins
+    assert settings.nowcasts == str(Path.home() / "nowcasts")  # the file, ~ expanded
+    assert settings.runs == DEFAULT_RUNS and settings.checkpoint is None  # built-in defaults
+    site.write_text('[paths]\ncubes = "/data"\n')
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['cubes'\]"):
+        site_settings()

@@ -119,6 +119,44 @@ def test_nowcast_flow_without_a_valid_input_pixel_fails_and_says_why(harness, as
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.nc"))
 
 
+def test_parameterless_runs_use_the_site_settings_and_skip_what_is_done(
+    harness, assets, tmp_path, monkeypatch
+):
+    from mimcast.flows.nowcast import nowcast_flow
+
+    root, ckpt = assets
+    site = tmp_path / "mimcast.toml"  # the operator's one-time setting
+    site.write_text(f'[paths]\ncube = "{root / "cube.zarr"}"\nnowcasts = "{tmp_path / "out"}"\n')
+    monkeypatch.setenv("MIMCAST_CONFIG", str(site))
+    monkeypatch.setenv("MIMCAST_CHECKPOINT", str(ckpt))  # the environment wins over the file
+    first = nowcast_flow(plot=False, return_state=True)  # as a scheduled run: no parameters
+    assert first.is_completed() and first.name == "Completed"
+    assert [p.name for p in (tmp_path / "out").glob("*.nc")] == ["nowcast_cube_202407011305.nc"]
+    again = nowcast_flow(plot=False, return_state=True)
+    assert again.name == "Skipped" and "no new frame since the last product" in again.message
+
+
+def test_a_missing_cube_fails_at_once_without_retries(harness, tmp_path):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from mimcast.flows.nowcast import nowcast_flow
+
+    state = nowcast_flow(cube=str(tmp_path / "none.zarr"), out_dir=str(tmp_path / "out"),
+                         method="persistence", plot=False, return_state=True)  # fmt: skip
+    assert state.is_failed() and "no such cube" in state.message
+
+    async def task_runs():
+        async with get_client() as client:
+            flow_filter = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+            return await client.read_task_runs(flow_run_filter=flow_filter)
+
+    (run,) = asyncio.run(task_runs())
+    assert run.run_count == 1  # a permanent error: not retried
+
+
 def test_ingest_flow_fans_out_scans_on_dask(harness, tmp_path):
     from mimcast.flows.ingest import ingest_flow
 
@@ -181,7 +219,7 @@ def test_end_to_end_real_server_serve_and_deployment_run(assets, tmp_path):
         env=server_env, stdout=(logs / "server.log").open("w"), stderr=subprocess.STDOUT,
         start_new_session=True,
     )  # fmt: skip
-    serve = None
+    serve = worker = None
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -220,11 +258,47 @@ def test_end_to_end_real_server_serve_and_deployment_run(assets, tmp_path):
             time.sleep(1)
         assert state["type"] == "COMPLETED", (logs / "serve.log").read_text()[-3000:]
         assert [p.name for p in out.glob("*.nc")] == ["nowcast_cube_202407011305.nc"]
+        _stop(serve)
+
+        # the work-pool path: prefect.yaml deployments carry no parameters; the worker's
+        # environment holds the operator's one-time setting, which every run then uses
+        pool = subprocess.run([prefect, "work-pool", "create", "mimcast", "--type", "process"],
+                              env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert pool.returncode == 0, pool.stdout + pool.stderr
+        deploy = subprocess.run([prefect, "--no-prompt", "deploy", "--all"], env=env, cwd=REPO,
+                                capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
+        site_out = tmp_path / "site-nowcasts"
+        site = {"MIMCAST_CUBE": str(root / "cube.zarr"), "MIMCAST_NOWCASTS": str(site_out),
+                "MIMCAST_CHECKPOINT": str(ckpt)}  # fmt: skip
+        worker = subprocess.Popen(
+            [prefect, "worker", "start", "--pool", "mimcast"], env={**env, **site},
+            cwd=tmp_path, stdout=(logs / "worker.log").open("w"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        run = subprocess.run([prefect, "deployment", "run", "nowcast/mimcast"], env=env,
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert run.returncode == 0, run.stdout + run.stderr
+        run_id = next(line.split()[-1] for line in run.stdout.splitlines() if "UUID" in line)
+        deadline = time.monotonic() + 300
+        while True:
+            flow_run = _get(f"{api}/flow_runs/{run_id}")
+            if flow_run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                break
+            assert worker.poll() is None, (logs / "worker.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, f"stuck in {flow_run['state']['type']}"
+            time.sleep(1)
+        assert flow_run["parameters"] == {}  # like a scheduled run
+        assert flow_run["state"]["type"] == "COMPLETED", (logs / "worker.log").read_text()[-3000:]
+        assert [p.name for p in site_out.glob("*.nc")] == ["nowcast_cube_202407011305.nc"]
     finally:
         if serve is not None:
-            _stop(serve)  # serve first, then the server, by PID
+            _stop(serve)  # serve and worker first, then the server, by PID
+        if worker is not None:
+            _stop(worker)
         _stop(server)
     assert server.poll() is not None and (serve is None or serve.poll() is not None)
+    assert worker is None or worker.poll() is not None
 
 
 def test_nowcast_flow_falls_back_to_extrapolation_when_the_model_is_unusable(harness, assets):

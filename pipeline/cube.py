@@ -119,6 +119,10 @@ def _cf_attrs(wkt: str) -> tuple[tuple[str, Any], ...]:
         # pyproj warns when a parameter has no CF name; crs_wkt below keeps all of them
         warnings.simplefilter("ignore", UserWarning)
         attrs: dict[str, Any] = dict(crs.to_cf())
+    if attrs.get("grid_mapping_name") == "polar_stereographic":
+        # CF requires the pole; pyproj omits it for variant B (a standard parallel given)
+        parallel = float(attrs.get("standard_parallel", 90.0))
+        attrs.setdefault("latitude_of_projection_origin", 90.0 if parallel >= 0 else -90.0)
     attrs["crs_wkt"] = wkt
     attrs.setdefault("spatial_ref", wkt)  # the name GDAL looks for first
     return tuple(attrs.items())

@@ -30,7 +30,7 @@ import pyproj
 import xarray as xr
 
 from mimcast.pipeline.atomic import atomic_path, remove_stale_temporaries
-from mimcast.pipeline.cube import GRID_MAPPING, cube_crs
+from mimcast.pipeline.cube import GRID_MAPPING, crs_variable, cube_crs
 
 FILL_VALUE = np.float32(-9999.0)
 PRODUCTS = ("reflectivity", "rainfall_rate", "precipitation_amount")
@@ -61,6 +61,38 @@ def add_latlon(ds: xr.Dataset) -> xr.Dataset:
     )  # fmt: skip
 
 
+def plate_carree_radius(crs: pyproj.CRS) -> float | None:
+    """Return the sphere radius when ``crs`` is a longitude/latitude grid kept in metres.
+
+    The MRMS reader keeps its regular lon/lat grid as equidistant cylindrical metres on a
+    sphere (origin 0/0, true at the equator): a nowcast on it is written back on
+    longitude/latitude, as CF's ``latitude_longitude`` grid mapping.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        params = crs.to_dict()
+    zero = ("lat_ts", "lat_0", "lon_0", "x_0", "y_0")
+    if params.get("proj") == "eqc" and "R" in params and not any(params.get(k) for k in zero):
+        return float(params["R"])
+    return None
+
+
+def as_latitude_longitude(ds: xr.Dataset, radius: float) -> xr.Dataset:
+    """Return ``ds`` (x/y in equidistant cylindrical metres) on lon/lat degrees, CF style."""
+    per_degree = radius * np.pi / 180.0
+    out = ds.drop_vars([GRID_MAPPING]).rename({"x": "lon", "y": "lat"})
+    out = out.assign_coords(
+        lon=("lon", ds.x.values / per_degree, {"standard_name": "longitude", "axis": "X",
+                                               "long_name": "longitude", "units": "degrees_east"}),
+        lat=("lat", ds.y.values / per_degree, {"standard_name": "latitude", "axis": "Y",
+                                               "long_name": "latitude", "units": "degrees_north"}),
+    )  # fmt: skip
+    out[GRID_MAPPING] = crs_variable(f"+proj=longlat +R={radius:.3f} +no_defs")
+    return out
+
+
 def write_nowcast(
     forecast: xr.Dataset,
     out_dir: str | Path,
@@ -75,12 +107,22 @@ def write_nowcast(
     out.mkdir(parents=True, exist_ok=True)
     reference = forecast["forecast_reference_time"].values
     path = out / nowcast_filename(source, reference)
-    ds = add_latlon(forecast)
+    radius = plate_carree_radius(cube_crs(forecast))
+    if radius:
+        ds = as_latitude_longitude(forecast, radius)
+    else:  # CF attributes from the WKT, as this version writes them (not a stale cube's)
+        ds = add_latlon(forecast)
+        ds = ds.assign_coords({GRID_MAPPING: crs_variable(ds[GRID_MAPPING].attrs["crs_wkt"])})
     ds[GRID_MAPPING].attrs.setdefault("long_name", "coordinate reference system")
+    if ds[GRID_MAPPING].attrs.get("grid_mapping_name") == "oblique_mercator":
+        # the IOOS compliance checker asks for "azimuth" (CF: azimuth_of_central_line)
+        ds[GRID_MAPPING].attrs.setdefault("azimuth", ds[GRID_MAPPING].attrs.get(
+            "azimuth_of_central_line"))  # fmt: skip
     for name in PRODUCTS:
         ds[name].attrs = {
             **ds[name].attrs,
-            "coordinates": "lat lon forecast_period forecast_reference_time",
+            "coordinates": ("" if radius else "lat lon ")
+            + "forecast_period forecast_reference_time",
         }
     ds.attrs = {
         "Conventions": "CF-1.8",
@@ -100,8 +142,9 @@ def write_nowcast(
                           "_FillValue": None}  # fmt: skip
     encoding["lat"] = {"zlib": True, "_FillValue": None}
     encoding["lon"] = {"zlib": True, "_FillValue": None}
-    encoding["x"] = {"_FillValue": None}
-    encoding["y"] = {"_FillValue": None}
+    for name in ("x", "y"):
+        if name in ds.variables:
+            encoding[name] = {"_FillValue": None}
     encoding["forecast_period"] = {"_FillValue": None}
     encoding[GRID_MAPPING] = {"_FillValue": None}
     remove_stale_temporaries(out, "nowcast_*.nc")

@@ -306,3 +306,64 @@ def test_a_map_draws_in_every_readers_projection(radar_samples, fmt, tmp_path):
     plt.close(fig)
     assert layers, "no coastline or border drawn"
     assert (tmp_path / f"{fmt}.png").stat().st_size > 5000
+
+
+def _nowcast_on(ds, tmp_path, fmt):
+    """A persistence nowcast on a sample's own grid (thinned: same projection, fewer pixels)."""
+    import xarray as xr
+
+    from mimcast.pipeline.forecasters import get_forecaster
+    from mimcast.pipeline.netcdf import write_nowcast
+    from mimcast.pipeline.nowcast import NowcastOptions, nowcast
+
+    step = max(1, max(ds.sizes["x"], ds.sizes["y"]) // 200)
+    ds = ds.isel(x=slice(None, None, step), y=slice(None, None, step))
+    later = ds.assign_coords(time=ds.time.values + np.timedelta64(5, "m"))
+    cube = xr.concat([ds, later], "time").assign(observed=("time", np.ones(2, bool)))
+    forecast = nowcast(cube.assign_attrs(time_step_minutes=5), get_forecaster("persistence"),
+                       NowcastOptions(leads=2))  # fmt: skip
+    return ds, write_nowcast(forecast, tmp_path, source=fmt)
+
+
+@pytest.mark.parametrize("fmt", sorted(SAMPLES))
+def test_nowcasts_on_every_readers_grid_pass_the_cf_checker(radar_samples, fmt, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    _, path = _nowcast_on(read(radar_samples / SAMPLES[fmt]), tmp_path, fmt)
+    exe = Path(sys.executable).with_name("compliance-checker")
+    result = subprocess.run([str(exe), "--test", "cf:1.8", "-f", "json", "-o", "-", str(path)],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    report = json.loads(result.stdout[result.stdout.index("{") :])["cf:1.8"]
+    checks = report["high_priorities"] + report["medium_priorities"] + report["low_priorities"]
+    failed = [(c["name"], c["msgs"]) for c in checks if c["value"][0] < c["value"][1]]
+    assert not failed and report["scored_points"] == report["possible_points"]
+
+
+def test_a_nowcast_on_the_mrms_lat_lon_grid_is_latitude_longitude_for_gdal(radar_samples, tmp_path):
+    import json
+    import shutil
+    import subprocess
+
+    import xarray as xr
+
+    ds, path = _nowcast_on(read(radar_samples / SAMPLES["mrms-grib2"]), tmp_path, "mrms")
+    with xr.open_dataset(path) as out:
+        assert out.crs.attrs["grid_mapping_name"] == "latitude_longitude"
+        assert out.reflectivity.dims == ("time", "lat", "lon")
+        assert out.lon.values[0] == pytest.approx(-129.995, abs=1e-6)  # MRMS's first centre
+        np.testing.assert_array_equal(out.reflectivity.values[0], ds.reflectivity.values[0])
+    if shutil.which("gdalinfo") is None:
+        pytest.skip("gdal-bin not installed")
+    from mimcast.pipeline.readers.mrms_grib2 import METRES_PER_DEGREE
+
+    gdal = subprocess.run(["gdalinfo", "-json", f"NETCDF:{path}:reflectivity"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    info = json.loads(gdal.stdout)
+    x0, dx, _, y0, _, dy = info["geoTransform"]
+    lon, lat = ds.x.values / METRES_PER_DEGREE, ds.y.values / METRES_PER_DEGREE
+    assert x0 == pytest.approx(lon[0] - (lon[1] - lon[0]) / 2, abs=1e-6)
+    assert dx == pytest.approx(lon[1] - lon[0], abs=1e-9) and dy < 0
+    assert y0 == pytest.approx(lat[0] + abs(lat[1] - lat[0]) / 2, abs=1e-6)
+    assert "GEOGCRS" in info["coordinateSystem"]["wkt"]

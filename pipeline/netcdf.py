@@ -22,6 +22,7 @@ a reader never sees a partial file, and a re-run replaces the old file in one st
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -59,6 +60,30 @@ def add_latlon(ds: xr.Dataset) -> xr.Dataset:
         lon=(("y", "x"), lon.astype(np.float64), {
             "standard_name": "longitude", "long_name": "longitude", "units": "degrees_east"}),
     )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=32)
+def epsg_equivalent(wkt: str, x: tuple[float, ...], y: tuple[float, ...]) -> str | None:
+    """Return the WKT of the EPSG CRS that ``wkt`` is, if any (with its ID, for QGIS/GDAL).
+
+    Radar files often give a PROJ string (no datum name, ``towgs84=0``); QGIS then shows a
+    custom CRS. A candidate from pyproj's identification is taken only if it maps the grid's
+    points (``x``, ``y``) onto themselves within a millimetre.
+    """
+    import warnings
+
+    crs = pyproj.CRS.from_wkt(wkt)
+    candidate = crs.source_crs if crs.is_bound and crs.source_crs is not None else crs
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        code = candidate.to_epsg(min_confidence=70)
+    if code is None:
+        return None
+    epsg = pyproj.CRS.from_epsg(code)
+    xx, yy = pyproj.Transformer.from_crs(crs, epsg, always_xy=True).transform(x, y)
+    if not (np.allclose(xx, x, rtol=0, atol=1e-3) and np.allclose(yy, y, rtol=0, atol=1e-3)):
+        return None
+    return epsg.to_wkt()
 
 
 def plate_carree_radius(crs: pyproj.CRS) -> float | None:
@@ -112,7 +137,11 @@ def write_nowcast(
         ds = as_latitude_longitude(forecast, radius)
     else:  # CF attributes from the WKT, as this version writes them (not a stale cube's)
         ds = add_latlon(forecast)
-        ds = ds.assign_coords({GRID_MAPPING: crs_variable(ds[GRID_MAPPING].attrs["crs_wkt"])})
+        wkt = ds[GRID_MAPPING].attrs["crs_wkt"]
+        corners_x = (float(ds.x[0]), float(ds.x[-1]), float(ds.x[0]), float(ds.x[-1]))
+        corners_y = (float(ds.y[0]), float(ds.y[0]), float(ds.y[-1]), float(ds.y[-1]))
+        wkt = epsg_equivalent(wkt, corners_x, corners_y) or wkt
+        ds = ds.assign_coords({GRID_MAPPING: crs_variable(wkt)})
     ds[GRID_MAPPING].attrs.setdefault("long_name", "coordinate reference system")
     if ds[GRID_MAPPING].attrs.get("grid_mapping_name") == "oblique_mercator":
         # the IOOS compliance checker asks for "azimuth" (CF: azimuth_of_central_line)

@@ -367,3 +367,18 @@ def test_a_nowcast_on_the_mrms_lat_lon_grid_is_latitude_longitude_for_gdal(radar
     assert dx == pytest.approx(lon[1] - lon[0], abs=1e-9) and dy < 0
     assert y0 == pytest.approx(lat[0] + abs(lat[1] - lat[0]) / 2, abs=1e-6)
     assert "GEOGCRS" in info["coordinateSystem"]["wkt"]
+
+
+def test_a_nowcast_names_the_epsg_crs_of_its_grid(radar_samples, tmp_path):
+    """RMI's PROJ string is Belgian Lambert 2008: the product says EPSG:3812 (QGIS shows it
+    by name, not as a custom CRS); a grid without an EPSG twin keeps its own definition."""
+    import pyproj
+    import xarray as xr
+
+    _, path = _nowcast_on(read(radar_samples / SAMPLES["odim"]), tmp_path / "rmi", "rmi")
+    with xr.open_dataset(path) as out:
+        assert pyproj.CRS.from_wkt(out.crs.attrs["crs_wkt"]).to_epsg(min_confidence=100) == 3812
+        assert out.crs.attrs["spatial_ref"] == out.crs.attrs["crs_wkt"]
+    _, path = _nowcast_on(read(radar_samples / SAMPLES["radolan"]), tmp_path / "dwd", "dwd")
+    with xr.open_dataset(path) as out:
+        assert pyproj.CRS.from_wkt(out.crs.attrs["crs_wkt"]).to_epsg() is None

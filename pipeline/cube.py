@@ -338,12 +338,39 @@ class StoreState:
         return self.pending is not None or self.frames != self.committed
 
 
+def is_consolidated(store: str | Path) -> bool:
+    """Return whether a Zarr store has consolidated metadata (v2 ``.zmetadata``)."""
+    return (Path(store) / ".zmetadata").exists()
+
+
+def lock_path(store: str | Path) -> Path:
+    """Return the lock file that serialises writers of ``store`` (hidden, beside it)."""
+    store = Path(store)
+    return store.with_name(f".{store.name}.lock")
+
+
+def writer_active(store: str | Path) -> bool:
+    """Return whether an ingest holds the writer lock of ``store`` right now."""
+    import filelock
+
+    path = lock_path(store)
+    if not path.exists():
+        return False
+    lock = filelock.FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        return True
+    lock.release()
+    return False
+
+
 def store_state(store: str | Path) -> StoreState | None:
     """Return the commit state of a Zarr cube, or ``None`` when ``store`` is not one."""
     import zarr
 
     try:
-        group = zarr.open_group(store, mode="r")
+        group = zarr.open_group(store, mode="r", use_consolidated=False)
         frames = int(group["time"].shape[0])
     except Exception:
         return None
@@ -373,7 +400,7 @@ def open_cube(store: str | Path, *, quiet: bool = False) -> xr.Dataset:
     if not store.exists():
         raise CubeError(f"{store}: no such cube (run 'mimcast ingest' first)")
     try:
-        ds = xr.open_zarr(store, consolidated=False)
+        ds = xr.open_zarr(store, consolidated=is_consolidated(store))
     except Exception as err:
         raise CubeError(f"{store}: not a readable Zarr cube ({err})") from err
     committed = ds.attrs.pop(COMMITTED_ATTR, None)
@@ -384,7 +411,10 @@ def open_cube(store: str | Path, *, quiet: bool = False) -> xr.Dataset:
                 f"{store}: holds {ds.sizes['time']} frames but {committed} were committed; "
                 "the store was damaged outside mimcast: rebuild it from the source files"
             )
-        if not quiet:
+        if not quiet and writer_active(store):
+            log.info("%s: an ingest is appending; using the %d committed frames",
+                     store, committed)  # fmt: skip
+        elif not quiet:
             state = store_state(store)
             log.warning(
                 "%s: a write was interrupted (%s); using the %d committed frames, ignoring %d "

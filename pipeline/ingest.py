@@ -81,6 +81,7 @@ from mimcast.pipeline.cube import (
     TIME_ENCODING,
     VARIABLE,
     CubeError,
+    lock_path,
     open_cube,
     store_state,
 )
@@ -366,12 +367,6 @@ def report_path(store: str | Path) -> Path:
     return store.with_name(name + REPORT_SUFFIX)
 
 
-def lock_path(store: str | Path) -> Path:
-    """Return the lock file that serialises writers of ``store`` (hidden, beside it)."""
-    store = Path(store)
-    return store.with_name(f".{store.name}.lock")
-
-
 class CubeBusyError(IngestError):
     """Another process holds the cube's writer lock."""
 
@@ -461,9 +456,11 @@ def _frames_dataset(
     data = da.concatenate(blocks, axis=0).rechunk(
         (options.time_chunk, options.space_chunk, options.space_chunk)
     )
+    attrs = dict(template[VARIABLE].attrs)
+    attrs["_CRS"] = {"wkt": template[GRID_MAPPING].attrs["crs_wkt"]}  # for GDAL's Zarr driver
     ds = xr.Dataset(
         {
-            VARIABLE: (("time", "y", "x"), data, dict(template[VARIABLE].attrs)),
+            VARIABLE: (("time", "y", "x"), data, attrs),
             "observed": (("time",), np.array([s is not None for s in sources]), {
                 "long_name": "frame observed (False: gap filled with NaN)",
             }),
@@ -490,7 +487,7 @@ def _prepare_store(out: Path, report: IngestReport) -> None:
         return
     import zarr
 
-    group = zarr.open_group(out, mode="r+", zarr_format=None)
+    group = zarr.open_group(out, mode="r+", use_consolidated=False)
     n = state.committed
     for name in group.array_keys():
         array = group[name]
@@ -500,6 +497,7 @@ def _prepare_store(out: Path, report: IngestReport) -> None:
     attrs.pop(PENDING_ATTR, None)
     attrs[COMMITTED_ATTR] = n
     group.attrs.put(attrs)
+    _consolidate(out)
     report.repaired = (
         f"an interrupted write ({state.pending or 'unknown writer'}) was rolled back to the "
         f"{n} committed frames"
@@ -518,7 +516,7 @@ def _first_dim(array) -> str | None:
 def _set_commit(out: Path, committed: int, pending: dict | None) -> None:
     import zarr
 
-    group = zarr.open_group(out, mode="r+")
+    group = zarr.open_group(out, mode="r+", use_consolidated=False)
     attrs = dict(group.attrs)
     attrs[COMMITTED_ATTR] = int(committed)
     if pending is None:
@@ -526,6 +524,19 @@ def _set_commit(out: Path, committed: int, pending: dict | None) -> None:
     else:
         attrs[PENDING_ATTR] = json.dumps(pending)
     group.attrs.put(attrs)
+    _consolidate(out)
+
+
+def _is_v2(out: Path) -> bool:
+    return (out / ".zgroup").exists()
+
+
+def _consolidate(out: Path) -> None:
+    """Refresh a Zarr v2 store's consolidated metadata (what GDAL and xarray read first)."""
+    if _is_v2(out):
+        import zarr
+
+        zarr.consolidate_metadata(str(out))
 
 
 def ingest(
@@ -710,7 +721,9 @@ def _write(out, existing, template, new, step, options, report, progress) -> Non
                 "time": dict(TIME_ENCODING),
             }
             try:
-                ds.to_zarr(tmp, mode="w", encoding=encoding, consolidated=False)
+                # Zarr v2 with consolidated metadata: xarray opens it without a warning, and
+                # GDAL >= 3.4 (QGIS) reads it, georeferenced through the _CRS attribute
+                ds.to_zarr(tmp, mode="w", encoding=encoding, consolidated=True, zarr_format=2)
                 os.replace(tmp, out)
             finally:
                 if tmp.exists():
@@ -751,7 +764,7 @@ def _write(out, existing, template, new, step, options, report, progress) -> Non
             # xarray replaces the store's attributes on append: carry them, still uncommitted
             tail.attrs = {**keep, COMMITTED_ATTR: n_old,
                           PENDING_ATTR: json.dumps({**pending, "action": "append"})}  # fmt: skip
-            tail.to_zarr(out, append_dim="time", consolidated=False)
+            tail.to_zarr(out, append_dim="time", consolidated=_is_v2(out))
             report.new_frames = sum(s is not None for s in sources)
         _set_commit(out, n_old + tail_axis.size, None)
 

@@ -27,7 +27,13 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from mimcast.pipeline.cube import VARIABLE, axis_breaks, complete_windows, validate_cube
+from mimcast.pipeline.cube import (
+    VARIABLE,
+    axis_breaks,
+    complete_windows,
+    open_cube,
+    validate_cube,
+)
 from mimcast.pipeline.cube import observed as cube_observed
 
 SPLITS = ("train", "val", "test")
@@ -237,7 +243,7 @@ class RadarSequenceDataset:
             self._open, self._pid = {}, os.getpid()
         if k not in self._open:
             src = self.sources[k]
-            ds = src if isinstance(src, xr.Dataset) else xr.open_zarr(src, consolidated=False)
+            ds = src if isinstance(src, xr.Dataset) else open_cube(src)
             self._open[k] = validate_cube(ds)
         return self._open[k]
 

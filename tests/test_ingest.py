@@ -328,3 +328,32 @@ def test_frames_before_the_cube_are_refused_with_the_times(archive, tmp_path):
     with pytest.raises(IngestError, match="before the cube's first frame"):
         ingest(files[:2], store, IngestOptions(), progress=False)
     assert _store_state(store) == before  # nothing written
+
+
+def test_the_cube_is_zarr_v2_consolidated_for_xarray_and_gdal(archive, tmp_path):
+    import warnings
+
+    import xarray as xr
+
+    files = sorted(archive.iterdir())
+    store = tmp_path / "c.zarr"
+    ingest(files[:5], store)
+    ingest(files[5:], store)  # an append keeps the consolidated metadata current
+    assert (store / ".zmetadata").exists() and (store / ".zgroup").exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a plain open_zarr() must not warn
+        plain = xr.open_zarr(store)
+    assert plain.sizes["time"] == CONFIG.frames and plain.attrs["mimcast_frames"] == 8
+    if shutil.which("gdalinfo") is None:
+        pytest.skip("gdal-bin not installed")
+    info = json.loads(subprocess.run(
+        ["gdalinfo", "-json", f'ZARR:"{store}":/reflectivity:7'], capture_output=True,
+        text=True, check=True).stdout)  # fmt: skip
+    x, y = plain.x.values, plain.y.values
+    x0, dx, _, y0, _, dy = info["geoTransform"]
+    assert (x0, dx) == (x[0] - (x[1] - x[0]) / 2, x[1] - x[0])
+    assert (y0, dy) == (y[0] - (y[1] - y[0]) / 2, y[1] - y[0])
+    assert (
+        info["size"] == [CONFIG.width, CONFIG.height]
+        and "PROJCRS" in info["coordinateSystem"]["wkt"]
+    )

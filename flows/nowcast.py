@@ -40,6 +40,7 @@ def nowcast_flow(
     method: str = NOWCAST_METHOD,
     fallback: str | None = FALLBACK_METHOD,
     skip_existing: bool = True,
+    geotiff: bool = False,
 ):
     """Nowcast from the cube; without complete input frames, end as ``Skipped`` saying which.
 
@@ -52,7 +53,7 @@ def nowcast_flow(
     site = site_settings()
     cube, out_dir = cube or site.cube, out_dir or site.nowcasts
     kwargs = {"checkpoint": checkpoint or site.checkpoint, "time": time, "plot": plot,
-              "source": source}  # fmt: skip
+              "source": source, "geotiff": geotiff}  # fmt: skip
     if skip_existing:
         done = existing_product(cube, out_dir, method=method, checkpoint=kwargs["checkpoint"],
                                 time=time, source=source)  # fmt: skip

@@ -195,13 +195,15 @@ def _cmd_nowcast(args: argparse.Namespace) -> int:
     out = run_nowcast(
         args.cube, args.out, method=args.method, checkpoint=args.checkpoint, time=args.time,
         plot=args.plot, leads=tuple(args.leads), source=args.source, device=args.device,
-        steps=args.steps,
+        steps=args.steps, geotiff=args.geotiff,
     )  # fmt: skip
     print(f"{out.method} nowcast from {out.reference_time} UTC: {out.netcdf.resolve()}")
     for png in out.pngs:
         print(f"map: {png.resolve()}")
     if out.animation:
         print(f"animation: {out.animation.resolve()}")
+    for tif in out.geotiffs:
+        print(f"geotiff: {tif.resolve()}")
     return 0
 
 
@@ -447,6 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time", default="latest", type=_reference_time,
                    help="reference time, ISO 8601 UTC, or latest")  # fmt: skip
     p.add_argument("--plot", action="store_true", help="also write PNG maps and a GIF")
+    p.add_argument("--geotiff", action="store_true", help="also write a Cloud-Optimised "
+                   "GeoTIFF per lead time (valid time in the name and the tags)")  # fmt: skip
     p.add_argument(
         "--leads",
         type=_positive_int,

@@ -23,6 +23,7 @@ a reader never sees a partial file, and a re-run replaces the old file in one st
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -104,17 +105,41 @@ def plate_carree_radius(crs: pyproj.CRS) -> float | None:
     return None
 
 
-def as_latitude_longitude(ds: xr.Dataset, radius: float) -> xr.Dataset:
+@dataclass(frozen=True)
+class ProductGrid:
+    """The grid products are written on: pixel centres and the CRS, as GIS tools should see it."""
+
+    x: np.ndarray  # column centres (metres, or degrees east when geographic)
+    y: np.ndarray  # row centres (metres, or degrees north when geographic)
+    wkt: str  # the CRS: the EPSG one where the source's definition is one
+    geographic: bool  # a lon/lat grid (CF latitude_longitude)
+
+
+def product_grid(forecast: xr.Dataset) -> ProductGrid:
+    """Return the grid of ``forecast`` as the NetCDF and GeoTIFF writers both write it."""
+    crs = cube_crs(forecast)
+    x, y = forecast.x.values, forecast.y.values
+    radius = plate_carree_radius(crs)
+    if radius:
+        per_degree = radius * np.pi / 180.0
+        wkt = pyproj.CRS(f"+proj=longlat +R={radius:.3f} +no_defs").to_wkt()
+        return ProductGrid(x / per_degree, y / per_degree, wkt, True)
+    corners_x = (float(x[0]), float(x[-1]), float(x[0]), float(x[-1]))
+    corners_y = (float(y[0]), float(y[0]), float(y[-1]), float(y[-1]))
+    wkt = forecast[GRID_MAPPING].attrs["crs_wkt"]
+    return ProductGrid(x, y, epsg_equivalent(wkt, corners_x, corners_y) or wkt, False)
+
+
+def as_latitude_longitude(ds: xr.Dataset, grid: ProductGrid) -> xr.Dataset:
     """Return ``ds`` (x/y in equidistant cylindrical metres) on lon/lat degrees, CF style."""
-    per_degree = radius * np.pi / 180.0
     out = ds.drop_vars([GRID_MAPPING]).rename({"x": "lon", "y": "lat"})
     out = out.assign_coords(
-        lon=("lon", ds.x.values / per_degree, {"standard_name": "longitude", "axis": "X",
-                                               "long_name": "longitude", "units": "degrees_east"}),
-        lat=("lat", ds.y.values / per_degree, {"standard_name": "latitude", "axis": "Y",
-                                               "long_name": "latitude", "units": "degrees_north"}),
+        lon=("lon", grid.x, {"standard_name": "longitude", "axis": "X",
+                             "long_name": "longitude", "units": "degrees_east"}),
+        lat=("lat", grid.y, {"standard_name": "latitude", "axis": "Y",
+                             "long_name": "latitude", "units": "degrees_north"}),
     )  # fmt: skip
-    out[GRID_MAPPING] = crs_variable(f"+proj=longlat +R={radius:.3f} +no_defs")
+    out[GRID_MAPPING] = crs_variable(grid.wkt)
     return out
 
 
@@ -132,16 +157,11 @@ def write_nowcast(
     out.mkdir(parents=True, exist_ok=True)
     reference = forecast["forecast_reference_time"].values
     path = out / nowcast_filename(source, reference)
-    radius = plate_carree_radius(cube_crs(forecast))
-    if radius:
-        ds = as_latitude_longitude(forecast, radius)
+    grid = product_grid(forecast)
+    if grid.geographic:
+        ds = as_latitude_longitude(forecast, grid)
     else:  # CF attributes from the WKT, as this version writes them (not a stale cube's)
-        ds = add_latlon(forecast)
-        wkt = ds[GRID_MAPPING].attrs["crs_wkt"]
-        corners_x = (float(ds.x[0]), float(ds.x[-1]), float(ds.x[0]), float(ds.x[-1]))
-        corners_y = (float(ds.y[0]), float(ds.y[0]), float(ds.y[-1]), float(ds.y[-1]))
-        wkt = epsg_equivalent(wkt, corners_x, corners_y) or wkt
-        ds = ds.assign_coords({GRID_MAPPING: crs_variable(wkt)})
+        ds = add_latlon(forecast).assign_coords({GRID_MAPPING: crs_variable(grid.wkt)})
     ds[GRID_MAPPING].attrs.setdefault("long_name", "coordinate reference system")
     if ds[GRID_MAPPING].attrs.get("grid_mapping_name") == "oblique_mercator":
         # the IOOS compliance checker asks for "azimuth" (CF: azimuth_of_central_line)
@@ -150,7 +170,7 @@ def write_nowcast(
     for name in PRODUCTS:
         ds[name].attrs = {
             **ds[name].attrs,
-            "coordinates": ("" if radius else "lat lon ")
+            "coordinates": ("" if grid.geographic else "lat lon ")
             + "forecast_period forecast_reference_time",
         }
     ds.attrs = {

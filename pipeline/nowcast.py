@@ -23,7 +23,7 @@ and the Prefect flow both call.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -263,6 +263,7 @@ class NowcastOutputs:
     pngs: list[Path]
     animation: Path | None
     method: str
+    geotiffs: list[Path] = field(default_factory=list)
 
 
 def run_nowcast(
@@ -277,8 +278,12 @@ def run_nowcast(
     source: str | None = None,
     device: str = "auto",
     steps: int | None = None,
+    geotiff: bool = False,
 ) -> NowcastOutputs:
-    """Nowcast from a Zarr cube with a registered method; write NetCDF (and quicklooks)."""
+    """Nowcast from a Zarr cube with a registered method; write NetCDF (and quicklooks).
+
+    ``geotiff``: also write a Cloud-Optimised GeoTIFF per lead time (:mod:`pipeline.geotiff`).
+    """
     from mimcast.pipeline.cube import open_cube
     from mimcast.pipeline.forecasters import get_forecaster
     from mimcast.pipeline.netcdf import write_nowcast
@@ -303,7 +308,12 @@ def run_nowcast(
             pngs.append(quicklook(forecast, lead, f"{stem}_{lead:03d}min.png"))
         gif = animation(forecast, f"{stem}.gif")
     ref = str(np.datetime64(forecast["forecast_reference_time"].values, "m"))
-    return NowcastOutputs(path, ref, pngs, gif, method)
+    tifs = []
+    if geotiff:
+        from mimcast.pipeline.geotiff import write_geotiffs
+
+        tifs = write_geotiffs(forecast, out_dir, source=name)
+    return NowcastOutputs(path, ref, pngs, gif, method, tifs)
 
 
 def existing_product(

@@ -382,3 +382,46 @@ def test_a_nowcast_names_the_epsg_crs_of_its_grid(radar_samples, tmp_path):
     _, path = _nowcast_on(read(radar_samples / SAMPLES["radolan"]), tmp_path / "dwd", "dwd")
     with xr.open_dataset(path) as out:
         assert pyproj.CRS.from_wkt(out.crs.attrs["crs_wkt"]).to_epsg() is None
+
+
+@pytest.mark.parametrize("fmt", ["radolan", "odim"])
+def test_geotiffs_per_lead_are_cogs_on_the_nowcast_grid(radar_samples, fmt, tmp_path):
+    """One COG per lead, pixel for pixel the nowcast (north-up also for RADOLAN's south-up
+    rows), with the valid time in the name and the tags; read back by gdalinfo and rasterio."""
+    import json
+    import shutil
+    import subprocess
+
+    import rasterio
+
+    from mimcast.pipeline.geotiff import write_geotiffs
+    from mimcast.pipeline.netcdf import read_nowcast
+
+    ds, nc = _nowcast_on(read(radar_samples / SAMPLES[fmt]), tmp_path, fmt)
+    with read_nowcast(nc) as forecast:
+        forecast = forecast.load()
+    tifs = write_geotiffs(forecast, tmp_path, source=fmt)
+    valid = [np.datetime64(t, "m").item().strftime("%Y%m%d%H%M") for t in forecast.time.values]
+    assert [p.name.split("valid")[1] for p in tifs] == [f"{v}.tif" for v in valid]
+    assert "_005min_" in tifs[0].name and "_010min_" in tifs[1].name
+    x, y = ds.x.values, ds.y.values
+    with rasterio.open(tifs[1]) as src:
+        assert src.tags()["valid_time"] == str(np.datetime64(forecast.time.values[1], "s")) + "Z"
+        assert src.tags()["lead_minutes"] == "10" and src.count == 3
+        assert src.descriptions[0].startswith("equivalent reflectivity")
+        band = src.read(1, masked=True)
+        # the strongest echo, found by its (x, y): the same value as the NetCDF there
+        field = forecast.reflectivity.values[1]
+        r, c = np.unravel_index(np.nanargmax(field), field.shape)
+        row, col = src.index(x[c], y[r])
+        assert band[row, col] == field[r, c] and not band.mask[row, col]
+        assert (band.filled(np.nan) == (field[::-1] if y[1] > y[0] else field)).sum() > 0.9 * (
+            np.isfinite(field).sum()
+        )
+        assert src.transform.e < 0  # north-up
+        assert src.width == x.size and src.height == y.size
+    if shutil.which("gdalinfo"):
+        info = json.loads(subprocess.run(["gdalinfo", "-json", str(tifs[0])], capture_output=True,
+                                         text=True, check=True).stdout)  # fmt: skip
+        assert info["metadata"]["IMAGE_STRUCTURE"]["LAYOUT"] == "COG"
+        assert info["driverShortName"] == "GTiff"

@@ -410,9 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default %(default)s)")  # fmt: skip
     p.add_argument(
         "--scheduler",
-        default="threads",
-        choices=["threads", "processes", "synchronous"],
-        help="dask scheduler for reading (default threads)",
+        help="dask: threads (default), processes, synchronous, or tcp://HOST:PORT of a running "
+        "Dask cluster whose workers decode and write (default: MIMCAST_DASK_ADDRESS if set)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_ingest)
@@ -483,7 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end", type=_iso_time, help="last reference time (ISO 8601 UTC)")
     p.add_argument("--every", type=_positive_int, default=EVALUATE_EVERY,
                    help=f"use every N-th reference time (default {EVALUATE_EVERY})")  # fmt: skip
-    p.add_argument("--scheduler", help="dask: threads (default), synchronous, or tcp://host:port")
+    p.add_argument("--scheduler", help="dask: threads (default), synchronous, or tcp://HOST:PORT "
+                   "(default: MIMCAST_DASK_ADDRESS if set)")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_evaluate)
 

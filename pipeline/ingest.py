@@ -73,6 +73,7 @@ from mimcast.pipeline.atomic import (
     remove_stale_temporaries,
     temporary_name,
 )
+from mimcast.pipeline.compute import TaskBar, check_scheduler, dask_scheduler
 from mimcast.pipeline.cube import (
     COMMITTED_ATTR,
     GRID_MAPPING,
@@ -108,7 +109,8 @@ class IngestOptions:
     time_chunk: int = 4  # frames per Zarr chunk
     space_chunk: int = 512  # pixels per Zarr chunk side
     batch: int = 8  # files scanned per dask batch (bounds memory in flight)
-    scheduler: str = "threads"  # dask scheduler: threads, processes, synchronous
+    scheduler: str | None = None  # threads, processes, synchronous, tcp://HOST:PORT; None:
+    # MIMCAST_DASK_ADDRESS, else threads (see pipeline.compute)
     max_gap_minutes: int = 360  # longer gaps are breaks in the axis, not NaN frames
     wait_s: float = 300.0  # how long to wait for another ingest into the same cube
 
@@ -118,6 +120,7 @@ class IngestOptions:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
         if self.step_minutes is not None and self.step_minutes < 1:
             raise ValueError(f"step_minutes={self.step_minutes}: must be >= 1 (minutes)")
+        check_scheduler(self.scheduler)
         if self.max_gap_minutes < 0 or self.wait_s < 0:
             raise ValueError("max_gap_minutes and wait_s must be >= 0")
         if self.crop is not None:
@@ -334,7 +337,9 @@ def scan_file(path: str | Path, options: IngestOptions) -> dict[str, Any]:
         return {"file": str(path), "ok": False, "reason": f"unexpected {type(err).__name__}: {err}"}
 
 
-def _scan_all(files: Sequence[Path], options: IngestOptions, progress: bool) -> list[dict]:
+def _scan_all(
+    files: Sequence[Path], options: IngestOptions, progress: bool, where: Any = "threads"
+) -> list[dict]:
     bar = None
     if progress:
         from tqdm import tqdm
@@ -344,7 +349,7 @@ def _scan_all(files: Sequence[Path], options: IngestOptions, progress: bool) -> 
     for start in range(0, len(files), options.batch):
         batch = files[start : start + options.batch]
         tasks = [dask.delayed(scan_file)(p, options) for p in batch]
-        results.extend(dask.compute(*tasks, scheduler=options.scheduler))
+        results.extend(dask.compute(*tasks, scheduler=where))
         if bar is not None:
             bar.update(len(batch))
     if bar is not None:
@@ -569,11 +574,12 @@ def ingest(
         raise IngestError(
             "no input files: " + "; ".join(f"{p['file']}: {p['reason']}" for p in problems)
         )
-    if scans is None:
-        scans = _scan_all(files, options, progress)
-    with writer_lock(out, options.wait_s):
-        _prepare_store(out, report)
-        return _ingest_locked(out, files, scans, options, report, progress)
+    with dask_scheduler(options.scheduler) as where:  # local threads or a Dask cluster
+        if scans is None:
+            scans = _scan_all(files, options, progress, where)
+        with writer_lock(out, options.wait_s):
+            _prepare_store(out, report)
+            return _ingest_locked(out, files, scans, options, report, progress)
 
 
 def _ingest_locked(out, files, scans, options, report, progress) -> IngestReport:
@@ -707,7 +713,7 @@ def _write(out, existing, template, new, step, options, report, progress) -> Non
     }
     pending = {"pid": os.getpid(), "host": socket.gethostname(),
                "started": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
-    with _progress(progress), dask.config.set(scheduler=options.scheduler):
+    with TaskBar("write", progress, "task"):
         if existing is None:
             axis, report.breaks = time_axis(new_times, step, options.max_gap_minutes)
             sources = [new.get(str(t), {}).get("file") for t in axis]
@@ -767,16 +773,6 @@ def _write(out, existing, template, new, step, options, report, progress) -> Non
             tail.to_zarr(out, append_dim="time", consolidated=_is_v2(out))
             report.new_frames = sum(s is not None for s in sources)
         _set_commit(out, n_old + tail_axis.size, None)
-
-
-def _progress(enabled: bool):
-    if enabled:
-        from dask.diagnostics import ProgressBar
-
-        return ProgressBar(minimum=1.0, dt=0.5)
-    from contextlib import nullcontext
-
-    return nullcontext()
 
 
 def _finish(report: IngestReport, out: Path, known: dict, previous: dict) -> None:

@@ -21,7 +21,6 @@ Contract
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import warnings
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from mimcast.pipeline.compute import TaskBar, dask_scheduler
 from mimcast.pipeline.cube import VARIABLE, axis_breaks, complete_windows
 from mimcast.pipeline.cube import observed as cube_observed
 from mimcast.pipeline.defaults import FLOOR_DBZ
@@ -237,8 +237,8 @@ def hindcast(
 ) -> Scores:
     """Score all reference times in parallel with dask and merge the accumulators.
 
-    ``scheduler``: None or "threads" (local threads), "synchronous", or the address of a
-    running distributed scheduler (``tcp://host:8786``).
+    ``scheduler``: "threads", "synchronous", "processes", or the address of a running
+    distributed scheduler (``tcp://host:8786``); None: ``MIMCAST_DASK_ADDRESS``, else threads.
     """
     import dask
 
@@ -248,16 +248,8 @@ def hindcast(
     task = functools.partial(score_reference, cube, n_inputs=n_inputs, n_leads=n_leads,
                              step=step, forecasters=dict(forecasters), options=options)  # fmt: skip
     tasks = [dask.delayed(task)(ref) for ref in refs]
-    if scheduler and "://" in scheduler:
-        from distributed import Client
-
-        with Client(scheduler) as client:
-            results = client.gather(client.compute(tasks))
-    else:
-        from dask.diagnostics import ProgressBar
-
-        with ProgressBar(minimum=1.0) if progress else contextlib.nullcontext():
-            results = dask.compute(*tasks, scheduler=scheduler or "threads")
+    with dask_scheduler(scheduler) as where, TaskBar("hindcast", progress, "forecast"):
+        results = dask.compute(*tasks, scheduler=where)
     total = Scores(options)
     for part in results:
         total.merge(part)

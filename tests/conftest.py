@@ -45,3 +45,53 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def dask_cluster():
+    """A real ``dask scheduler`` + ``dask worker`` on 127.0.0.1; yields the address."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    bin_dir = Path(sys.executable).parent
+    scheduler = [bin_dir / "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                 "--no-dashboard"]  # fmt: skip
+    procs = [subprocess.Popen(scheduler, stderr=subprocess.DEVNULL)]
+    try:
+        procs.append(subprocess.Popen([bin_dir / "dask", "worker", address, "--nthreads", "1",
+                                       "--no-dashboard"], stderr=subprocess.DEVNULL))  # fmt: skip
+        from distributed import Client
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with Client(address, timeout=5) as client:
+                    if client.scheduler_info()["workers"]:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the dask cluster did not come up"
+            time.sleep(0.5)
+        yield address
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def cluster_tasks(address: str, prefix: str) -> int:
+    """How many tasks named ``prefix`` the cluster at ``address`` has run so far."""
+    from distributed import Client
+
+    def count(dask_scheduler, prefix=prefix):
+        tp = dask_scheduler.task_prefixes.get(prefix)
+        return 0 if tp is None else sum(tp.state_counts.values())
+
+    with Client(address, timeout=10) as client:
+        return client.run_on_scheduler(count)

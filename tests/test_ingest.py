@@ -357,3 +357,35 @@ def test_the_cube_is_zarr_v2_consolidated_for_xarray_and_gdal(archive, tmp_path)
         info["size"] == [CONFIG.width, CONFIG.height]
         and "PROJCRS" in info["coordinateSystem"]["wkt"]
     )
+
+
+@pytest.mark.slow
+def test_ingest_on_a_real_dask_cluster_matches_local_threads(archive, tmp_path, dask_cluster):
+    """--scheduler tcp://... and MIMCAST_DASK_ADDRESS (the flows' setting) both send the
+    decoding and the region writes to the cluster's worker; the cube is the same."""
+    import os
+
+    from conftest import cluster_tasks
+
+    code = "import sys; from mimcast.pipeline.cli import main; sys.exit(main())"
+    env = {k: v for k, v in os.environ.items() if k != "MIMCAST_DASK_ADDRESS"}
+
+    def mimcast(*args, **extra):
+        return subprocess.run([sys.executable, "-c", code, *map(str, args)], env={**env, **extra},
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+
+    before = cluster_tasks(dask_cluster, "scan_file"), cluster_tasks(dask_cluster, "store-map")
+    flag = mimcast("ingest", archive, "--out", tmp_path / "flag.zarr", "--quiet",
+                   "--scheduler", dask_cluster)  # fmt: skip
+    assert flag.returncode == 0, flag.stderr[-3000:]
+    middle = cluster_tasks(dask_cluster, "scan_file"), cluster_tasks(dask_cluster, "store-map")
+    assert middle[0] > before[0] and middle[1] > before[1]  # scans and writes ran on the worker
+    setting = mimcast("ingest", archive, "--out", tmp_path / "env.zarr", "--quiet",
+                      MIMCAST_DASK_ADDRESS=dask_cluster)  # fmt: skip
+    assert setting.returncode == 0, setting.stderr[-3000:]
+    assert cluster_tasks(dask_cluster, "scan_file") > middle[0]
+    local = ingest([archive], tmp_path / "local.zarr", IngestOptions(scheduler="threads"))
+    assert local.new_frames == CONFIG.frames
+    expected = open_cube(tmp_path / "local.zarr").reflectivity.values
+    for name in ("flag.zarr", "env.zarr"):
+        np.testing.assert_array_equal(open_cube(tmp_path / name).reflectivity.values, expected)

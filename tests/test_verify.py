@@ -160,46 +160,17 @@ def test_evaluate_writes_scores_report_and_plots(advection_cube, tmp_path):
 
 
 @pytest.mark.slow
-def test_hindcast_on_a_real_dask_cluster_matches_local_threads(advection_cube, tmp_path):
-    import socket
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
+def test_hindcast_on_a_real_dask_cluster_matches_local_threads(advection_cube, dask_cluster):
+    from conftest import cluster_tasks
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    address = f"tcp://127.0.0.1:{port}"
-    bin_dir = Path(sys.executable).parent
-    scheduler = [bin_dir / "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                 "--no-dashboard"]  # fmt: skip
-    procs = [subprocess.Popen(scheduler, stderr=subprocess.DEVNULL)]
-    try:
-        procs.append(subprocess.Popen([bin_dir / "dask", "worker", address, "--nthreads", "1",
-                                       "--no-dashboard"], stderr=subprocess.DEVNULL))  # fmt: skip
-        from distributed import Client
-
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with Client(address, timeout=5) as client:
-                    if client.scheduler_info()["workers"]:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the dask cluster did not come up"
-            time.sleep(0.5)
-        refs = reference_times(advection_cube, 4, 3, every=8)
-        methods = {"persistence": get_forecaster("persistence")}
-        remote = hindcast(advection_cube, refs, 4, 3, 5, methods, scheduler=address)
-        local = hindcast(advection_cube, refs, 4, 3, 5, methods)
-        for a, b in zip(remote.table(), local.table(), strict=True):
-            assert (a["method"], a["lead_time"], a["metric"], a["threshold"]) == (
-                b["method"], b["lead_time"], b["metric"], b["threshold"])  # fmt: skip
-            assert a["value"] == pytest.approx(b["value"], nan_ok=True)
-        assert {r["n"] for r in remote.table()} == {len(refs)}
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-            proc.wait(timeout=30)
+    before = cluster_tasks(dask_cluster, "score_reference")
+    refs = reference_times(advection_cube, 4, 3, every=8)
+    methods = {"persistence": get_forecaster("persistence")}
+    remote = hindcast(advection_cube, refs, 4, 3, 5, methods, scheduler=dask_cluster)
+    assert cluster_tasks(dask_cluster, "score_reference") > before  # the cluster scored them
+    local = hindcast(advection_cube, refs, 4, 3, 5, methods)
+    for a, b in zip(remote.table(), local.table(), strict=True):
+        assert (a["method"], a["lead_time"], a["metric"], a["threshold"]) == (
+            b["method"], b["lead_time"], b["metric"], b["threshold"])  # fmt: skip
+        assert a["value"] == pytest.approx(b["value"], nan_ok=True)
+    assert {r["n"] for r in remote.table()} == {len(refs)}

@@ -56,6 +56,44 @@ def _as_usage() -> Iterator[None]:
         raise UsageError(str(err)) from err
 
 
+def _progress(args: argparse.Namespace) -> bool:
+    """Progress bars: on a terminal by default, always with -v, never with -q."""
+    return not args.quiet and (args.verbose > 0 or sys.stderr.isatty())
+
+
+class _Formatter(logging.Formatter):
+    """``mimcast CMD: message`` for progress, ``mimcast CMD: warning: message`` above it."""
+
+    def __init__(self, command: str) -> None:
+        super().__init__()
+        self.command = command
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = printable(record.getMessage())
+        if record.levelno >= logging.WARNING:
+            return f"mimcast {self.command}: {record.levelname.lower()}: {message}"
+        return f"mimcast {self.command}: {message}"
+
+
+def _setup_logging(args: argparse.Namespace) -> logging.Handler:
+    """Route mimcast's log (and Python warnings, each once) to stderr at the chosen level."""
+    if args.verbose >= 2:
+        level = logging.DEBUG
+    elif args.verbose == 1 or (not args.quiet and sys.stderr.isatty()):
+        level = logging.INFO
+    else:
+        level = logging.WARNING
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter(args.command))
+    logging.captureWarnings(True)
+    for name in ("mimcast", "py.warnings"):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = False
+    return handler
+
+
 def printable(text: str) -> str:
     """Escape control characters (newlines in file names ...) so one message stays one line."""
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(text))
@@ -83,7 +121,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     }
     with _as_usage():
         config = dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
-    paths = write_archive(config, args.out_dir, progress=not args.quiet)
+    paths = write_archive(config, args.out_dir, progress=_progress(args))
     print(f"wrote {len(paths)} ODIM_H5 files to {Path(args.out_dir).resolve()}")
     return 0
 
@@ -105,7 +143,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
             max_gap_minutes=args.max_gap_minutes,
             wait_s=args.wait,
         )
-    report = ingest(args.paths, args.out, options, progress=not args.quiet)
+    report = ingest(args.paths, args.out, options, progress=_progress(args))
     print(
         f"{report.status}: {report.new_frames} new frames, {report.filled_gaps} gaps filled, "
         f"{report.unchanged} unchanged, {len(report.skipped)} skipped, "
@@ -180,7 +218,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from mimcast.pipeline.training import load_run_config, run_training
 
     config = load_run_config(args.config, max_steps=args.max_steps, device=args.device)
-    result = run_training(args.cubes, args.out, config, progress=not args.quiet)
+    result = run_training(args.cubes, args.out, config, progress=_progress(args))
     if int(os.environ.get("RANK", "0")) == 0:
         best = f"{result.best_val_mse:.2f} dBZ²" if result.best_val_mse is not None else "n/a"
         print(f"trained to step {result.step}; best validation MSE {best}")
@@ -214,7 +252,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     out = run_evaluate(
         args.cube, args.out, methods=tuple(args.methods), checkpoint=args.checkpoint,
         postprocess=post, start=args.start, end=args.end, every=args.every, leads=args.steps,
-        scheduler=args.scheduler, device=args.device, progress=not args.quiet,
+        scheduler=args.scheduler, device=args.device, progress=_progress(args),
     )  # fmt: skip
     print(f"{out.n_forecasts} forecasts scored per method")
     print(f"scores: {out.scores_csv.resolve()}")
@@ -237,19 +275,19 @@ def _cmd_loao(args: argparse.Namespace) -> int:
         fold, _, variant = args.only.partition("/")
         names = [loao.archive_name(c) for c in args.cubes]
         loao.train_one(out / "pack.npz", out, config, fold, variant, names, exclude,
-                       progress=not args.quiet)  # fmt: skip
+                       progress=_progress(args))  # fmt: skip
         return 0
     if args.stage in ("pack", "all"):
-        print(f"pack: {loao.build(args.cubes, out, config, progress=not args.quiet)}")
+        print(f"pack: {loao.build(args.cubes, out, config, progress=_progress(args))}")
     if args.stage in ("train", "all"):
         loao.train_all(args.cubes, out, args.config, config, variants=variants,
                        final=not args.no_final, exclude=exclude, jobs=args.jobs,
                        deadline_s=args.deadline_s, max_steps=args.max_steps,
-                       final_max_steps=args.final_max_steps, progress=not args.quiet)  # fmt: skip
+                       final_max_steps=args.final_max_steps, progress=_progress(args))  # fmt: skip
     if args.stage in ("evaluate", "all"):
         pooled = loao.evaluate_all(args.cubes, out, variants=variants, max_refs=args.max_refs,
                                    device=args.device or "auto",
-                                   progress=not args.quiet)  # fmt: skip
+                                   progress=_progress(args))  # fmt: skip
         loao.summary(out)
         print(f"pooled report: {(pooled / 'report.md').resolve()}")
         print(f"summary: {(out / 'summary.md').resolve()}")
@@ -347,7 +385,20 @@ def build_parser() -> argparse.ArgumentParser:
         "traceback.",
     )
     parser.add_argument("--version", action="version", version=f"mimcast {release}")
+    common = argparse.ArgumentParser(add_help=False)
+    talk = common.add_mutually_exclusive_group()
+    talk.add_argument("-v", "--verbose", action="count", default=0,
+                      help="say what is happening (progress lines and bars even when not on "
+                      "a terminal); -vv for debug detail")  # fmt: skip
+    talk.add_argument("-q", "--quiet", action="store_true",
+                      help="only warnings and errors; no progress bars")  # fmt: skip
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_parser = sub.add_parser
+
+    def add_parser(name, **kwargs):
+        return _add_parser(name, parents=[common], **kwargs)
+
+    sub.add_parser = add_parser  # every command takes -v/-q
     sub.required = True
 
     p = sub.add_parser(
@@ -366,7 +417,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--start", help="UTC time of the first frame, ISO 8601 (default 2024-07-01T12:00)"
     )
     p.add_argument("--config", help="TOML file with SyntheticConfig fields; flags override it")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser(
@@ -413,7 +463,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="dask: threads (default), processes, synchronous, or tcp://HOST:PORT of a running "
         "Dask cluster whose workers decode and write (default: MIMCAST_DASK_ADDRESS if set)",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_ingest)
 
     p = sub.add_parser(
@@ -430,7 +479,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=_positive_int, help="override [train] max_steps")
     p.add_argument("--device", type=_device,
                    help="override [train] device (auto, cpu, cuda, cuda:1)")  # fmt: skip
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser(
@@ -484,7 +532,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"use every N-th reference time (default {EVALUATE_EVERY})")  # fmt: skip
     p.add_argument("--scheduler", help="dask: threads (default), synchronous, or tcp://HOST:PORT "
                    "(default: MIMCAST_DASK_ADDRESS if set)")  # fmt: skip
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser(
@@ -514,7 +561,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=_device,
                    help="override [train] device, and the evaluation device")  # fmt: skip
     p.add_argument("--only", help=argparse.SUPPRESS)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_loao)
 
     p = sub.add_parser(
@@ -581,12 +627,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = bool(os.environ.get("MIMCAST_DEBUG"))
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"mimcast {args.command}: %(levelname)s: %(message)s"))
-    mimcast_log = logging.getLogger("mimcast")
-    mimcast_log.addHandler(handler)
-    mimcast_log.setLevel(logging.INFO)
-    mimcast_log.propagate = False
+    handler = _setup_logging(args)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -605,7 +646,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mimcast {args.command}: error: {what}", file=sys.stderr)
         return EXIT_RUNTIME
     finally:
-        mimcast_log.removeHandler(handler)
+        for name in ("mimcast", "py.warnings"):
+            logging.getLogger(name).removeHandler(handler)
+        logging.captureWarnings(False)
         # Prefect's temporary server may end the process abruptly at exit: flush what we said
         sys.stdout.flush()
         sys.stderr.flush()

@@ -50,6 +50,7 @@ import glob
 import hashlib
 import itertools
 import json
+import logging
 import os
 import socket
 import stat
@@ -91,6 +92,7 @@ from mimcast.pipeline.readers import ReaderError, read
 from mimcast.pipeline.zr import MARSHALL_PALMER, ZR
 
 REPORT_SUFFIX = ".ingest.json"
+log = logging.getLogger("mimcast")
 
 
 class IngestError(CubeError):
@@ -484,7 +486,7 @@ def _frames_dataset(
 def _prepare_store(out: Path, report: IngestReport) -> None:
     """Under the lock: remove orphaned temporaries and truncate an interrupted write."""
     for tmp in remove_stale_temporaries(out.parent, out.name):
-        print(f"removed {tmp}, left by an ingest that was killed", file=sys.stderr)
+        log.warning("removed %s, left by an ingest that was killed", tmp)
     if not out.exists():
         return
     state = store_state(out)
@@ -507,7 +509,7 @@ def _prepare_store(out: Path, report: IngestReport) -> None:
         f"an interrupted write ({state.pending or 'unknown writer'}) was rolled back to the "
         f"{n} committed frames"
     )
-    print(f"repaired {out}: {report.repaired}", file=sys.stderr)
+    log.warning("repaired %s: %s", out, report.repaired)
 
 
 def _first_dim(array) -> str | None:

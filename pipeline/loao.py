@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import logging
 import os
 import signal
 import subprocess
@@ -33,6 +34,8 @@ from typing import Any
 import numpy as np
 
 VARIANTS = ("lagrangian", "eulerian")
+
+log = logging.getLogger("mimcast")
 
 
 def archive_name(cube: str | Path) -> str:
@@ -122,7 +125,7 @@ def train_all(
                                     stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
             running.append((proc, fold, variant))
             if progress:
-                print(f"loao: training {fold}/{variant} (pid {proc.pid})", flush=True)
+                log.info(f"training {fold}/{variant} (pid {proc.pid})")
         time.sleep(2)
         late = deadline_s is not None and time.monotonic() - started > deadline_s
         for item in list(running):
@@ -130,11 +133,11 @@ def train_all(
             if late and proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait()
-                print(f"loao: {fold}/{variant} stopped at the deadline", flush=True)
+                log.info(f"{fold}/{variant} stopped at the deadline")
             if proc.poll() is not None:
                 running.remove(item)
                 if progress:
-                    print(f"loao: {fold}/{variant} ended ({proc.returncode})", flush=True)
+                    log.info(f"{fold}/{variant} ended ({proc.returncode})")
         if late:
             pending.clear()
     return runs
@@ -180,7 +183,7 @@ def evaluate_all(
         for variant in variants:
             best = run_dir(out, name, variant) / "best.safetensors"
             if not best.exists():
-                print(f"loao: {name}: no {variant} model ({best}); left out", flush=True)
+                log.info(f"{name}: no {variant} model ({best}); left out")
                 continue
             for post in ("none", "pm"):
                 label = f"mimnet-{variant}" + ("-pm" if post == "pm" else "")
@@ -197,18 +200,18 @@ def evaluate_all(
             if not refs:
                 n_leads -= 1
         if not refs:
-            print(f"loao: {name}: too short for any forecast; left out", flush=True)
+            log.info(f"{name}: too short for any forecast; left out")
             continue
         picks = np.unique(np.linspace(0, len(refs) - 1, min(max_refs, len(refs))).round())
         refs = [refs[int(i)] for i in picks]
         step = step_minutes(cube)
         if progress:
-            print(f"loao: evaluating {name}: {len(refs)} reference times, {n_leads} leads of "
-                  f"{step} min, {len(forecasters)} methods", flush=True)  # fmt: skip
+            log.info(f"evaluating {name}: {len(refs)} reference times, {n_leads} leads of "
+                  f"{step} min, {len(forecasters)} methods")  # fmt: skip
         started = time.monotonic()
         scores = hindcast(cube, refs, n_in, n_leads, step, forecasters, VerifyOptions())
         if progress:
-            print(f"loao: {name} scored in {time.monotonic() - started:.0f} s", flush=True)
+            log.info(f"{name} scored in {time.monotonic() - started:.0f} s")
         plan = EvaluationPlan(str(cube_path), forecasters,
                               tuple(str(np.datetime64(r, "m")) for r in refs), n_in, n_leads,
                               step, 1)  # fmt: skip

@@ -23,6 +23,7 @@ and the Prefect flow both call.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ from mimcast.pipeline.cube import observed as cube_observed
 from mimcast.pipeline.defaults import MAP_LEADS, NOWCAST_METHOD, RAIN_THRESHOLD_DBZ
 from mimcast.pipeline.products import accumulate
 from mimcast.pipeline.zr import MARSHALL_PALMER, ZR, dbz_to_rate
+
+log = logging.getLogger("mimcast")
 
 
 class NowcastError(ValueError):
@@ -241,6 +244,7 @@ def nowcast(
             f"{forecaster.name} predicts at most {forecaster.max_leads} lead steps, {n_leads} asked"
         )
     wanted = input_times(cube, forecaster.input_frames, options.time)
+    log.info("%s: %d lead steps from %s", forecaster.name, n_leads, wanted[-1])
     inputs = cube[VARIABLE].sel(time=wanted.astype("datetime64[ns]")).values  # (T_in, H, W)
     if not np.isfinite(inputs[-1]).any():
         raise NoValidDataError(
@@ -289,6 +293,7 @@ def run_nowcast(
     from mimcast.pipeline.netcdf import write_nowcast
 
     cube = open_cube(cube_path)
+    log.info("loading %s", method)
     forecaster = get_forecaster(method, checkpoint=str(checkpoint) if checkpoint else None,
                                 device=device)  # fmt: skip
     name = source or Path(cube_path).name.removesuffix(".zarr")
@@ -297,10 +302,13 @@ def run_nowcast(
         model, about = "MIMNet", forecaster.describe()
     else:
         model, about = method, forecaster.description
+    log.info("writing the NetCDF")
     path = write_nowcast(forecast, out_dir, source=name, model=model, checkpoint=about)
     pngs, gif = [], None
     if plot:
         from mimcast.pipeline.plots import animation, quicklook
+
+        log.info("drawing maps")
 
         have = forecast["forecast_period"].values.tolist()
         stem = path.with_suffix("")

@@ -11,8 +11,8 @@ from __future__ import annotations
 import functools
 import gzip
 import json
+import logging
 import os
-import warnings
 from pathlib import Path
 
 import matplotlib
@@ -123,8 +123,9 @@ def _add_geography(ax, ds: xr.Dataset) -> None:
                 ax.add_geometries(lines, ccrs.PlateCarree(), facecolor="none", edgecolor=color,
                                   linewidth=width)  # fmt: skip
     except OSError as err:  # a stripped installation: draw the map anyway
-        warnings.warn(f"Natural Earth layers unreadable ({err}); map without coastlines",
-                      stacklevel=3)  # fmt: skip
+        logging.getLogger("mimcast").warning(
+            "Natural Earth layers unreadable (%s); maps without coastlines", err
+        )
 
 
 def map_axes(fig, ds: xr.Dataset, position=111):

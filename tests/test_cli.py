@@ -87,3 +87,31 @@ def test_synth_writes_the_requested_archive(tmp_path):
         data = f["dataset1/data1/data"][()]
     assert data.shape == (40, 48) and data.dtype == np.uint8
     assert str(out.resolve()) in result.stdout
+
+
+def test_every_command_takes_verbose_and_quiet(capsys):
+    for command in COMMANDS:
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        out = capsys.readouterr().out
+        assert "-v, --verbose" in out and "-q, --quiet" in out, command
+    assert "Exit status: 0 success, 1 runtime error" in build_parser().format_help()
+
+
+def test_verbose_tells_the_progress_quiet_only_problems(tmp_path):
+    from mimcast.pipeline.synthetic import SyntheticConfig, synthetic_cube
+
+    cube = synthetic_cube(SyntheticConfig(height=32, width=32, frames=4, seed=1))
+    cube.assign(observed=("time", np.ones(4, bool))).assign_attrs(time_step_minutes=5).to_zarr(
+        tmp_path / "c.zarr", consolidated=False
+    )
+    args = ["nowcast", str(tmp_path / "c.zarr"), "--method", "persistence", "--out"]
+    loud = run_cli(*args, str(tmp_path / "a"), "-v")
+    assert loud.returncode == 0, loud.stderr
+    said = loud.stderr.splitlines()
+    assert "mimcast nowcast: loading persistence" in said
+    assert any(line.startswith("mimcast nowcast: persistence: 12 lead steps from") for line in said)
+    quiet = run_cli(*args, str(tmp_path / "b"), "-q")
+    assert quiet.returncode == 0 and quiet.stderr == ""  # not on a terminal: no bars either
+    both = run_cli(*args, str(tmp_path / "c"), "-q", "-v")
+    assert both.returncode == EXIT_USAGE and "not allowed with argument" in both.stderr

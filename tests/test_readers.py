@@ -425,3 +425,52 @@ def test_geotiffs_per_lead_are_cogs_on_the_nowcast_grid(radar_samples, fmt, tmp_
                                          text=True, check=True).stdout)  # fmt: skip
         assert info["metadata"]["IMAGE_STRUCTURE"]["LAYOUT"] == "COG"
         assert info["driverShortName"] == "GTiff"
+
+
+QGIS_PROBE = """
+import json, os, sys
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+from qgis.core import QgsApplication, QgsRasterLayer
+app = QgsApplication([], False)
+app.initQgis()
+out = {}
+for name, uri in zip(("netcdf", "geotiff"), sys.argv[1:]):
+    layer = QgsRasterLayer(uri, name)
+    e = layer.extent()
+    out[name] = {"valid": layer.isValid(), "authid": layer.crs().authid(),
+                 "extent": [e.xMinimum(), e.yMinimum(), e.xMaximum(), e.yMaximum()],
+                 "bands": layer.bandCount()}
+print(json.dumps(out), flush=True)
+os._exit(0)  # QGIS 3.22 may crash in its own teardown; the answer is out
+"""
+
+
+def test_qgis_opens_the_netcdf_and_the_geotiff_with_the_named_crs(radar_samples, tmp_path):
+    """Where python3-qgis is installed (apt), a real QGIS layer: valid, EPSG:3812 by name for
+    RMI, and the extent of the radar grid."""
+    import json
+    import shutil
+    import subprocess
+
+    python = shutil.which("python3", path="/usr/bin")
+    if not python or subprocess.run([python, "-c", "import qgis.core"],
+                                    capture_output=True).returncode != 0:  # fmt: skip
+        pytest.skip("python3-qgis not installed (apt install python3-qgis)")
+    from mimcast.pipeline.geotiff import write_geotiffs
+    from mimcast.pipeline.netcdf import read_nowcast
+
+    ds, nc = _nowcast_on(read(radar_samples / SAMPLES["odim"]), tmp_path, "rmi")
+    with read_nowcast(nc) as forecast:
+        tif = write_geotiffs(forecast.load(), tmp_path, source="rmi")[0]
+    result = subprocess.run([python, "-c", QGIS_PROBE, f'NETCDF:"{nc}":reflectivity', str(tif)],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    layers = json.loads(result.stdout.strip().splitlines()[-1])
+    dx = float(ds.x[1] - ds.x[0])
+    edges = [float(ds.x[0]) - dx / 2, float(ds.y.min()) - dx / 2,
+             float(ds.x[-1]) + dx / 2, float(ds.y.max()) + dx / 2]  # fmt: skip
+    for name in ("netcdf", "geotiff"):
+        layer = layers[name]
+        assert layer["valid"] and layer["authid"] == "EPSG:3812", layers
+        assert layer["extent"] == pytest.approx(edges, abs=1e-3)
+    assert layers["geotiff"]["bands"] == 3

@@ -11,6 +11,7 @@ import gzip
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import textwrap
@@ -333,7 +334,11 @@ def test_bombs_are_refused_before_they_fill_memory(radar_samples, tmp_path):
         f.create_dataset("dataset1/data1/data", shape=(20000, 20000), dtype="u1",
                          chunks=(1000, 1000), compression="gzip", fillvalue=100)  # fmt: skip
     assert odim_huge.stat().st_size < 100_000
-    bombs = [radolan_bomb, pgm_trailing, pgm_huge, odim_huge]
+    gif_huge = tmp_path / "AQC151351545F_00005.801.gif"  # a 60000² GIF header, no pixels
+    gif_huge.write_bytes(b"GIF89a" + struct.pack("<HHBBB", 60000, 60000, 0xF7, 0, 0)
+                         + bytes(768) + b"," + struct.pack("<HHHHB", 0, 0, 60000, 60000, 0)
+                         + b"\x08\x02\x4c\x01\x00;")  # fmt: skip
+    bombs = [radolan_bomb, pgm_trailing, pgm_huge, odim_huge, gif_huge]
     result = subprocess.run([sys.executable, "-c", BOMBS, *map(str, bombs)], env=ENV,
                             capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -343,6 +348,7 @@ def test_bombs_are_refused_before_they_fill_memory(radar_samples, tmp_path):
     assert "trailing garbage" in errors["pgm_trailing.pgm.gz"]
     assert "60000x60000" in errors["pgm_huge.pgm"] and "exceeds the limit" in errors["pgm_huge.pgm"]
     assert "20000x20000" in errors["odim_huge.h5"]
+    assert "too large" in errors[gif_huge.name]
     # a real frame here is at most a few MB: memory stays within a small multiple of it
     assert figures["growth_mb"] < 200, figures
 

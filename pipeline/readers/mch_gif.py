@@ -58,6 +58,8 @@ def read_mch_gif(path: str | Path, *, zr: ZR = MARSHALL_PALMER):
                 raise ReaderError(path, f"GIF mode {img.mode!r}, expected palette codes ('P')")
             check_grid_size(path, img.height, img.width)  # before decoding
             codes = np.asarray(img)
+    except Image.DecompressionBombError as err:
+        raise ReaderError(path, f"declared image too large ({err})") from err
     except (OSError, UnidentifiedImageError) as err:
         raise ReaderError(path, f"not a readable GIF ({err}); truncated?") from err
     ny, nx = codes.shape

@@ -226,6 +226,17 @@ def test_event_archive_costs_its_frames_and_no_window_crosses_a_break(tmp_path):
     assert len(saved["breaks"]) == 2
 
 
+def test_a_later_event_is_appended_after_a_break(tmp_path):
+    events = _event_archive(tmp_path)
+    files = sorted(events.iterdir())
+    store = tmp_path / "c.zarr"
+    ingest(files[:12], store)  # 2015 and 2016
+    later = ingest(files[12:], store)  # 2017, a year later: appended, no gap frames
+    assert later.new_frames == 6 and later.gaps == [] and len(later.breaks) == 2
+    cube = open_cube(store)
+    assert cube.sizes["time"] == 18 and np.flatnonzero(axis_breaks(cube)).tolist() == [6, 12]
+
+
 def test_short_gaps_stay_frames_long_ones_become_breaks(archive, tmp_path):
     files = sorted(archive.iterdir())
     for f in files[2:5]:  # 3 missing frames = a 20-minute gap

@@ -55,6 +55,7 @@ import os
 import socket
 import stat
 import sys
+import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -114,6 +115,7 @@ class IngestOptions:
     scheduler: str | None = None  # threads, processes, synchronous, tcp://HOST:PORT; None:
     # MIMCAST_DASK_ADDRESS, else threads (see pipeline.compute)
     max_gap_minutes: int = 360  # longer gaps are breaks in the axis, not NaN frames
+    cache_mb: int = 256  # decoded frames kept (compressed) from scan to write: read once
     wait_s: float = 300.0  # how long to wait for another ingest into the same cube
 
     def __post_init__(self) -> None:
@@ -315,12 +317,78 @@ def _describe_grid(g: dict[str, Any]) -> str:
     return f"{g['ny']}x{g['nx']} at x0={g['x0']}, y0={g['y0']}, dx={g['dx']}, dy={g['dy']}"
 
 
+class FrameCache:
+    """Decoded frames kept between the scan and the write, so that each file is read once.
+
+    Frames are stored Blosc-LZ4 compressed (radar frames are mostly no-echo or no-data) up to
+    ``budget`` bytes; beyond it a frame is not stored and the write decodes its file again, so
+    memory stays flat however long the archive. The first frames scanned are the ones kept:
+    the write goes through the frames in time order, which is the scan's order for the usual
+    time-stamped file names. A frame is dropped once written. Keys include the file's size and
+    modification time, so a file changed in between is read again.
+    """
+
+    def __init__(self) -> None:
+        self._frames: dict[tuple, tuple[bytes, tuple[int, ...]]] = {}
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(path: str | Path, options: IngestOptions) -> tuple | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return (str(path), st.st_mtime_ns, st.st_size, options)
+
+    def put(self, path: str | Path, options: IngestOptions, values: np.ndarray) -> None:
+        key = self.key(path, options)
+        if key is None or options.cache_mb <= 0:
+            return
+        from numcodecs import Blosc
+
+        blob = Blosc(cname="lz4", clevel=1, shuffle=Blosc.SHUFFLE).encode(
+            np.ascontiguousarray(values, dtype=np.float32)
+        )
+        with self._lock:
+            if key not in self._frames and self._bytes + len(blob) <= options.cache_mb * 2**20:
+                self._frames[key] = (blob, values.shape)
+                self._bytes += len(blob)
+
+    def pop(self, path: str | Path, options: IngestOptions) -> np.ndarray | None:
+        key = self.key(path, options)
+        with self._lock:
+            entry = self._frames.pop(key, None) if key is not None else None
+            if entry is not None:
+                self._bytes -= len(entry[0])
+        if entry is None:
+            return None
+        from numcodecs import Blosc
+
+        blob, shape = entry
+        return np.frombuffer(Blosc().decode(blob), dtype=np.float32).reshape(shape)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._frames.clear()
+            self._bytes = 0
+
+
+#: The process's frame cache (a Dask worker has its own; a miss only costs a decode).
+FRAMES = FrameCache()
+
+
 def scan_file(path: str | Path, options: IngestOptions) -> dict[str, Any]:
-    """Read one file and return its time, grid, content hash and valid fraction (no data)."""
+    """Read one file and return its time, grid, content hash and valid fraction (no data).
+
+    The decoded frame stays in :data:`FRAMES` for the write, within ``options.cache_mb``.
+    """
     try:
         ds = load_frame(path, options)
         values = ds[VARIABLE].values[0]
         finite = np.isfinite(values)
+        if finite.any():
+            FRAMES.put(path, options, values)
         return {
             "file": str(path),
             "ok": True,
@@ -360,6 +428,9 @@ def _scan_all(
 
 
 def _load_values(path: str, options: IngestOptions) -> np.ndarray:
+    cached = FRAMES.pop(path, options)
+    if cached is not None:
+        return cached[None]  # (1, y, x)
     return load_frame(path, options)[VARIABLE].values  # (1, y, x)
 
 
@@ -576,12 +647,15 @@ def ingest(
         raise IngestError(
             "no input files: " + "; ".join(f"{p['file']}: {p['reason']}" for p in problems)
         )
-    with dask_scheduler(options.scheduler) as where:  # local threads or a Dask cluster
-        if scans is None:
-            scans = _scan_all(files, options, progress, where)
-        with writer_lock(out, options.wait_s):
-            _prepare_store(out, report)
-            return _ingest_locked(out, files, scans, options, report, progress)
+    try:
+        with dask_scheduler(options.scheduler) as where:  # local threads or a Dask cluster
+            if scans is None:
+                scans = _scan_all(files, options, progress, where)
+            with writer_lock(out, options.wait_s):
+                _prepare_store(out, report)
+                return _ingest_locked(out, files, scans, options, report, progress)
+    finally:
+        FRAMES.clear()
 
 
 def _ingest_locked(out, files, scans, options, report, progress) -> IngestReport:

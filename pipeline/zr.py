@@ -35,10 +35,13 @@ MARSHALL_PALMER = ZR()
 def rate_to_dbz(rate: np.ndarray, zr: ZR = MARSHALL_PALMER) -> np.ndarray:
     """Return dBZ (float32) for rain rate (mm/h): NaN stays NaN, rate <= 0 is ``NO_ECHO_DBZ``."""
     rate = np.asarray(rate, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        dbz = 10.0 * np.log10(zr.a) + 10.0 * zr.b * np.log10(rate)
-    dbz = np.where(rate > 0, np.maximum(dbz, NO_ECHO_DBZ), NO_ECHO_DBZ)
-    return np.where(np.isnan(rate), np.nan, dbz).astype(np.float32)
+    dbz = np.full(rate.shape, NO_ECHO_DBZ, dtype=np.float32)
+    wet = rate > 0  # the logarithm only where it rains: most of a composite is dry or no data
+    with np.errstate(over="ignore"):
+        dbz[wet] = np.maximum(10.0 * np.log10(zr.a) + 10.0 * zr.b * np.log10(rate[wet]),
+                              NO_ECHO_DBZ)  # fmt: skip
+    dbz[np.isnan(rate)] = np.nan
+    return dbz
 
 
 def dbz_to_rate(

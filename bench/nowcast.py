@@ -7,8 +7,12 @@ Usage::
 
 For each domain size a synthetic cube with the model's ``input_length`` frames is written to a
 temporary Zarr store; the timed part opens it, runs :func:`pipeline.nowcast.nowcast` (tiling
-above the memory budget) and writes the NetCDF. One JSON object per line; never an assertion
-on time.
+above the memory budget) and writes the NetCDF. Every method runs on the same cube in the same
+process (pysteps extrapolation by default beside MIMNet), and a ``ratio`` line per grid gives
+MIMNet's latency over extrapolation's. For MIMNet the network alone is also timed and its
+floating-point work counted (``torch.utils.flop_counter``), against the machine's measured
+peak for convolutions and matrix products at the same precision (a ``peak`` line first).
+One JSON object per line; never an assertion on time.
 """
 
 from __future__ import annotations
@@ -23,6 +27,57 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+
+def measured_peak(device: str, bf16: bool, repeats: int = 5) -> dict:
+    """FLOP/s of a large 3x3 convolution and a large matrix product on ``device``."""
+    import torch
+
+    from mimcast.models.mimnet import autocast
+
+    dev = torch.device(device)
+    x = torch.randn(4, 128, 96, 96, device=dev)
+    conv = torch.nn.Conv2d(128, 512, 5, padding=2).to(dev).eval()
+    a = torch.randn(2048, 2048, device=dev)
+    out = {}
+    for name, fn, flops in (
+        ("conv", lambda: conv(x), 2 * 4 * 512 * 96 * 96 * 128 * 25),
+        ("matmul", lambda: a @ a, 2 * 2048**3),
+    ):
+        with torch.inference_mode(), autocast(dev, bf16):
+            fn()  # warm-up
+            times = []
+            for _ in range(repeats):
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                fn()
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - start)
+        out[f"{name}_gflops_per_s"] = round(flops / min(times) / 1e9, 1)
+    return out
+
+
+def model_work(fc, inputs, device: str) -> tuple[float, float]:
+    """Seconds and GFLOP of the network alone on ``inputs`` (normalised, Eulerian frame)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mimcast.pipeline.nowcast import predict
+    from mimcast.pipeline.sequences import Normalizer
+
+    ckpt = fc.loaded
+    x, _ = Normalizer(ckpt.inputs.dbz_min, ckpt.inputs.dbz_max).normalize(inputs)
+    predict(ckpt.model, x, fc)  # warm-up
+    counter = FlopCounterMode(display=False)
+    with counter:
+        predict(ckpt.model, x, fc)
+    start = time.perf_counter()
+    predict(ckpt.model, x, fc)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, counter.get_total_flops() / 1e9
 
 
 def main(argv=None) -> int:
@@ -60,7 +115,12 @@ def main(argv=None) -> int:
         return MIMNetForecaster.from_model(untrained, device=device, bf16=args.bf16)
 
     n_inputs = max(method(m, "cpu").input_frames for m in args.methods)
+    peaks = {d: measured_peak(d, args.bf16) for d in devices}
+    for d, peak in peaks.items():
+        print(json.dumps({"peak": d, "bf16": args.bf16, "threads": torch.get_num_threads(),
+                          **peak}), flush=True)  # fmt: skip
     for size in args.sizes:
+        latency: dict[str, float] = {}
         cube = synthetic_cube(SyntheticConfig(height=size, width=size, seed=1,
                                               frames=n_inputs))  # fmt: skip
         cube = cube.assign(observed=("time", np.ones(cube.sizes["time"], bool)))
@@ -100,7 +160,21 @@ def main(argv=None) -> int:
                         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
                     ),
                 }  # fmt: skip
+                if name == "mimnet":
+                    inputs = open_cube(store).reflectivity.values[-fc.input_frames :]
+                    seconds, gflop = model_work(fc, inputs, device)
+                    best = max(peaks[device].values())
+                    row.update({"network_s": round(seconds, 3), "gflop": round(gflop, 1),
+                                "gflops_per_s": round(gflop / seconds, 1),
+                                "fraction_of_peak": round(gflop / seconds / best, 3)})  # fmt: skip
+                latency[f"{name}@{device}"] = row["latency_s"]
                 print(json.dumps(row), flush=True)
+            for device in devices:
+                if f"mimnet@{device}" in latency and f"extrapolation@{devices[0]}" in latency:
+                    ratio = latency[f"mimnet@{device}"] / latency[f"extrapolation@{devices[0]}"]
+                    print(json.dumps({"grid": [size, size], "ratio": "mimnet/extrapolation",
+                                      "device": device, "value": round(ratio, 2)}),
+                          flush=True)  # fmt: skip
     return 0
 
 

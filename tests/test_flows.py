@@ -202,6 +202,22 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+def _run_deployment(prefect: str, env: dict, api: str, runner, log: Path) -> dict:
+    """Trigger ``nowcast/mimcast`` without parameters; return the flow run once it ended."""
+    run = subprocess.run([prefect, "deployment", "run", "nowcast/mimcast"], env=env,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    run_id = next(line.split()[-1] for line in run.stdout.splitlines() if "UUID" in line)
+    deadline = time.monotonic() + 300
+    while True:
+        flow_run = _get(f"{api}/flow_runs/{run_id}")
+        if flow_run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            return flow_run
+        assert runner.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"flow run stuck in {flow_run['state']['type']}"
+        time.sleep(1)
+
+
 @pytest.mark.slow
 def test_end_to_end_real_server_serve_and_deployment_run(assets, tmp_path):
     root, ckpt = assets
@@ -245,17 +261,7 @@ def test_end_to_end_real_server_serve_and_deployment_run(assets, tmp_path):
             assert serve.poll() is None, (logs / "serve.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "deployment never registered"
             time.sleep(1)
-        run = subprocess.run([prefect, "deployment", "run", "nowcast/mimcast"], env=env,
-                             capture_output=True, text=True, timeout=120)  # fmt: skip
-        assert run.returncode == 0, run.stdout + run.stderr
-        run_id = next(line.split()[-1] for line in run.stdout.splitlines() if "UUID" in line)
-        deadline = time.monotonic() + 300
-        while True:
-            state = _get(f"{api}/flow_runs/{run_id}")["state"]
-            if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-                break
-            assert time.monotonic() < deadline, f"flow run stuck in {state['type']}"
-            time.sleep(1)
+        state = _run_deployment(prefect, env, api, serve, logs / "serve.log")["state"]
         assert state["type"] == "COMPLETED", (logs / "serve.log").read_text()[-3000:]
         assert [p.name for p in out.glob("*.nc")] == ["nowcast_cube_202407011305.nc"]
         _stop(serve)
@@ -276,18 +282,7 @@ def test_end_to_end_real_server_serve_and_deployment_run(assets, tmp_path):
             cwd=tmp_path, stdout=(logs / "worker.log").open("w"), stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
-        run = subprocess.run([prefect, "deployment", "run", "nowcast/mimcast"], env=env,
-                             capture_output=True, text=True, timeout=120)  # fmt: skip
-        assert run.returncode == 0, run.stdout + run.stderr
-        run_id = next(line.split()[-1] for line in run.stdout.splitlines() if "UUID" in line)
-        deadline = time.monotonic() + 300
-        while True:
-            flow_run = _get(f"{api}/flow_runs/{run_id}")
-            if flow_run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-                break
-            assert worker.poll() is None, (logs / "worker.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, f"stuck in {flow_run['state']['type']}"
-            time.sleep(1)
+        flow_run = _run_deployment(prefect, env, api, worker, logs / "worker.log")
         assert flow_run["parameters"] == {}  # like a scheduled run
         assert flow_run["state"]["type"] == "COMPLETED", (logs / "worker.log").read_text()[-3000:]
         assert [p.name for p in site_out.glob("*.nc")] == ["nowcast_cube_202407011305.nc"]

@@ -38,13 +38,16 @@ def ingest_flow(
     zr_a: float = MARSHALL_PALMER.a,
     zr_b: float = MARSHALL_PALMER.b,
     step_minutes: int | None = None,
+    max_gap_minutes: int = IngestOptions.max_gap_minutes,
+    wait_s: float = IngestOptions.wait_s,
 ) -> dict:
     """Ingest new files (default: the site's incoming folder) into the cube (the site's)."""
     logger = get_run_logger()
     site = site_settings()
     paths = paths or [site.incoming]
     cube = cube or site.cube
-    options = IngestOptions(format=format, zr=ZR(zr_a, zr_b), step_minutes=step_minutes)
+    options = IngestOptions(format=format, zr=ZR(zr_a, zr_b), step_minutes=step_minutes,
+                            max_gap_minutes=max_gap_minutes, wait_s=wait_s)  # fmt: skip
     files, problems = discover(paths)
     for problem in problems:
         logger.warning("%s: %s", problem["file"], problem["reason"])

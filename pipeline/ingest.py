@@ -492,7 +492,11 @@ def _infer_step(times: Sequence[np.datetime64]) -> int:
         )
     diffs = np.diff(np.array(sorted(times), dtype="datetime64[s]")).astype(np.int64) // 60
     diffs = diffs[diffs > 0]
-    return int(Counter(diffs.tolist()).most_common(1)[0][0]) if diffs.size else 0
+    if not diffs.size:
+        return 0
+    counts = Counter(diffs.tolist())
+    top = max(counts.values())
+    return int(min(d for d, n in counts.items() if n == top))  # a tie: the shorter step
 
 
 def time_axis(

@@ -168,6 +168,11 @@ def test_ingest_flow_fans_out_scans_on_dask(harness, tmp_path):
     assert result["skipped"] == 1
     again = ingest_flow(paths=[str(archive)], cube=str(tmp_path / "c.zarr"))
     assert again["new_frames"] == 0
+    for f in sorted(archive.glob("synthetic_*.h5"))[2:3]:  # a 10-minute gap: a break, unfilled
+        f.unlink()
+    ingest_flow(paths=[str(archive)], cube=str(tmp_path / "d.zarr"), max_gap_minutes=0)
+    report = json.loads((tmp_path / "d.ingest.json").read_text())
+    assert report["gaps"] == [] and len(report["breaks"]) == 1
 
 
 def test_evaluate_flow_scores_every_reference_time(harness, assets):

@@ -389,3 +389,12 @@ def test_ingest_on_a_real_dask_cluster_matches_local_threads(archive, tmp_path, 
     expected = open_cube(tmp_path / "local.zarr").reflectivity.values
     for name in ("flag.zarr", "env.zarr"):
         np.testing.assert_array_equal(open_cube(tmp_path / name).reflectivity.values, expected)
+
+
+def test_the_inferred_step_is_the_commonest_difference_and_the_shorter_on_a_tie():
+    from mimcast.pipeline.ingest import _infer_step
+
+    t = [np.datetime64("2024-07-01T12:00") + np.timedelta64(m, "m") for m in (0, 15, 20)]
+    assert _infer_step(t) == 5  # 15 and 5 once each: a gap of 15, not a 15-minute archive
+    t = [np.datetime64("2024-07-01T12:00") + np.timedelta64(m, "m") for m in (0, 2, 4, 10, 12)]
+    assert _infer_step(t) == 2

@@ -70,11 +70,7 @@ import filelock
 import numpy as np
 import xarray as xr
 
-from mimcast.pipeline.atomic import (
-    atomic_write_json,
-    remove_stale_temporaries,
-    temporary_name,
-)
+from mimcast.pipeline.atomic import atomic_path, atomic_write_json, remove_stale_temporaries
 from mimcast.pipeline.compute import TaskBar, check_scheduler, dask_scheduler
 from mimcast.pipeline.cube import (
     COMMITTED_ATTR,
@@ -84,6 +80,8 @@ from mimcast.pipeline.cube import (
     TIME_ENCODING,
     VARIABLE,
     CubeError,
+    axis_breaks,
+    is_consolidated,
     lock_path,
     open_cube,
     store_state,
@@ -321,11 +319,11 @@ class FrameCache:
     """Decoded frames kept between the scan and the write, so that each file is read once.
 
     Frames are stored Blosc-LZ4 compressed (radar frames are mostly no-echo or no-data) up to
-    ``budget`` bytes; beyond it a frame is not stored and the write decodes its file again, so
-    memory stays flat however long the archive. The first frames scanned are the ones kept:
-    the write goes through the frames in time order, which is the scan's order for the usual
-    time-stamped file names. A frame is dropped once written. Keys include the file's size and
-    modification time, so a file changed in between is read again.
+    ``IngestOptions.cache_mb``; beyond it a frame is not stored and the write decodes its file
+    again, so memory stays flat however long the archive. The first frames scanned are the
+    ones kept: the write goes through the frames in time order, which is the scan's order for
+    the usual time-stamped file names. A frame is dropped once written. Keys include the file's
+    size and modification time, so a file changed in between is read again.
     """
 
     def __init__(self) -> None:
@@ -449,6 +447,12 @@ class CubeBusyError(IngestError):
     """Another process holds the cube's writer lock."""
 
 
+def _writer(**more: str) -> dict[str, Any]:
+    """Who writes, as the lock's holder file and the store's pending marker record it."""
+    return {"pid": os.getpid(), "host": socket.gethostname(),
+            "started": datetime.now(UTC).isoformat(timespec="seconds"), **more}  # fmt: skip
+
+
 @contextmanager
 def writer_lock(store: str | Path, wait_s: float) -> Iterator[None]:
     """Hold the cube's cross-process writer lock; wait up to ``wait_s`` seconds for it.
@@ -475,11 +479,7 @@ def writer_lock(store: str | Path, wait_s: float) -> Iterator[None]:
             "(--wait SECONDS waits longer)"
         ) from None
     try:
-        atomic_write_json(holder_file, {
-            "pid": os.getpid(), "host": socket.gethostname(),
-            "command": " ".join(sys.argv[:3]) or "python",
-            "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        })  # fmt: skip
+        atomic_write_json(holder_file, _writer(command=" ".join(sys.argv[:3]) or "python"))
         yield
     finally:
         lock.release()
@@ -499,25 +499,21 @@ def _infer_step(times: Sequence[np.datetime64]) -> int:
     return int(min(d for d, n in counts.items() if n == top))  # a tie: the shorter step
 
 
-def time_axis(
-    times: Sequence[np.datetime64], step: int, max_gap_minutes: int
-) -> tuple[np.ndarray, list[list[str]]]:
+def time_axis(times: Sequence[np.datetime64], step: int, max_gap_minutes: int) -> np.ndarray:
     """Return the axis over sorted ``times``: gaps up to ``max_gap_minutes`` filled at
-    ``step``, longer ones left as breaks (also returned, as ``[last before, first after]``).
+    ``step``, longer ones left as breaks (see :func:`pipeline.cube.axis_breaks`).
     """
     times = np.array(sorted(times), dtype="datetime64[s]")
     if not step or times.size < 2:
-        return times, []
+        return times
     step_td = np.timedelta64(int(step), "m")
     limit = np.timedelta64(int(max_gap_minutes), "m")
-    pieces, breaks = [times[:1]], []
+    pieces = [times[:1]]
     for a, b in itertools.pairwise(times):
         if b - a > step_td and b - a - step_td <= limit:
             pieces.append(np.arange(a + step_td, b, step_td))
-        elif b - a > step_td:
-            breaks.append([str(a), str(b)])
         pieces.append(np.array([b]))
-    return np.concatenate(pieces), breaks
+    return np.concatenate(pieces)
 
 
 def _frames_dataset(
@@ -575,11 +571,7 @@ def _prepare_store(out: Path, report: IngestReport) -> None:
         array = group[name]
         if array.ndim and _first_dim(array) == "time" and array.shape[0] != n:
             array.resize((n, *array.shape[1:]))
-    attrs = dict(group.attrs)
-    attrs.pop(PENDING_ATTR, None)
-    attrs[COMMITTED_ATTR] = n
-    group.attrs.put(attrs)
-    _consolidate(out)
+    _set_commit(out, n, None)
     report.repaired = (
         f"an interrupted write ({state.pending or 'unknown writer'}) was rolled back to the "
         f"{n} committed frames"
@@ -609,13 +601,9 @@ def _set_commit(out: Path, committed: int, pending: dict | None) -> None:
     _consolidate(out)
 
 
-def _is_v2(out: Path) -> bool:
-    return (out / ".zgroup").exists()
-
-
 def _consolidate(out: Path) -> None:
-    """Refresh a Zarr v2 store's consolidated metadata (what GDAL and xarray read first)."""
-    if _is_v2(out):
+    """Refresh a store's consolidated metadata, where it has some (GDAL and xarray read it)."""
+    if is_consolidated(out):
         import zarr
 
         zarr.consolidate_metadata(str(out))
@@ -791,31 +779,22 @@ def _write(out, existing, template, new, step, options, report, progress) -> Non
         "source": "mimcast ingest",
         "time_step_minutes": int(step or 0),
     }
-    pending = {"pid": os.getpid(), "host": socket.gethostname(),
-               "started": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
     with TaskBar("write", progress, "task"):
         if existing is None:
-            axis, report.breaks = time_axis(new_times, step, options.max_gap_minutes)
+            axis = time_axis(new_times, step, options.max_gap_minutes)
             sources = [new.get(str(t), {}).get("file") for t in axis]
             ds = _frames_dataset(axis, sources, template, options)
             ds.attrs.update({**attrs, COMMITTED_ATTR: len(axis)})
-            tmp = temporary_name(out)
             encoding = {
                 VARIABLE: {
                     "chunks": (options.time_chunk, options.space_chunk, options.space_chunk),
                 },
                 "time": dict(TIME_ENCODING),
             }
-            try:
+            with atomic_path(out) as tmp:  # renamed into place when complete
                 # Zarr v2 with consolidated metadata: xarray opens it without a warning, and
                 # GDAL >= 3.4 (QGIS) reads it, georeferenced through the _CRS attribute
                 ds.to_zarr(tmp, mode="w", encoding=encoding, consolidated=True, zarr_format=2)
-                os.replace(tmp, out)
-            finally:
-                if tmp.exists():
-                    import shutil
-
-                    shutil.rmtree(tmp, ignore_errors=True)
             report.new_frames = sum(s is not None for s in sources)
             return
 
@@ -824,11 +803,9 @@ def _write(out, existing, template, new, step, options, report, progress) -> Non
         index = {str(t): i for i, t in enumerate(old_times)}
         fills = sorted((index[t], s["file"]) for t, s in new.items() if t in index)
         later = [t for t in new_times if t > old_times[-1]]
-        tail_axis, _ = time_axis([old_times[-1], *later], step, options.max_gap_minutes)
-        tail_axis = tail_axis[1:]
-        keep = {**existing.attrs, **attrs}
-        keep.pop(PENDING_ATTR, None)
-        _set_commit(out, n_old, {**pending, "action": "fill gaps and append"})
+        tail_axis = time_axis([old_times[-1], *later], step, options.max_gap_minutes)[1:]
+        keep = {**existing.attrs, **attrs}  # open_cube left the commit attributes out
+        _set_commit(out, n_old, _writer(action="fill gaps and append"))
         # gap fills: the data first, then its observed flag, each region in one step
         for i, src in fills:
             part = _frames_dataset(old_times[i : i + 1], [src], template, options)
@@ -849,8 +826,8 @@ def _write(out, existing, template, new, step, options, report, progress) -> Non
                 tail[name].encoding = {}
             # xarray replaces the store's attributes on append: carry them, still uncommitted
             tail.attrs = {**keep, COMMITTED_ATTR: n_old,
-                          PENDING_ATTR: json.dumps({**pending, "action": "append"})}  # fmt: skip
-            tail.to_zarr(out, append_dim="time", consolidated=_is_v2(out))
+                          PENDING_ATTR: json.dumps(_writer(action="append"))}  # fmt: skip
+            tail.to_zarr(out, append_dim="time", consolidated=is_consolidated(out))
             report.new_frames = sum(s is not None for s in sources)
         _set_commit(out, n_old + tail_axis.size, None)
 
@@ -866,8 +843,9 @@ def _finish(report: IngestReport, out: Path, known: dict, previous: dict) -> Non
         report.time_range = [str(np.datetime64(times[0], "s")), str(np.datetime64(times[-1], "s"))]
         if not report.step_minutes:
             report.step_minutes = cube.attrs.get("time_step_minutes") or None
-        if report.step_minutes:
-            _, report.breaks = time_axis(times.astype("datetime64[s]"), report.step_minutes, 0)
+        stamps = times.astype("datetime64[s]")
+        report.breaks = [[str(stamps[i - 1]), str(stamps[i])]
+                         for i in np.flatnonzero(axis_breaks(cube))]  # fmt: skip
     run = asdict(report)
     run["status"] = report.status
     payload = {

@@ -469,16 +469,9 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drop log lines written after the resumed step (a killed run may have got further)."""
     if not path.exists():
         return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:  # a line cut short by the kill
-            continue
-        if record.get("step", 0) <= step:
-            keep.append(line)
+    keep = [r for r in read_metrics(path) if r.get("step", 0) <= step]  # cut lines: dropped
     with atomic_path(path) as tmp:
-        tmp.write_text("".join(line + "\n" for line in keep))
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

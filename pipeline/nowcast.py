@@ -296,7 +296,7 @@ def run_nowcast(
     log.info("loading %s", method)
     forecaster = get_forecaster(method, checkpoint=str(checkpoint) if checkpoint else None,
                                 device=device)  # fmt: skip
-    name = source or Path(cube_path).name.removesuffix(".zarr")
+    name = _source_name(cube_path, source)
     forecast = nowcast(cube, forecaster, NowcastOptions(time=time, leads=steps), source=name)
     if method == "mimnet":
         model, about = "MIMNet", forecaster.describe()
@@ -322,6 +322,11 @@ def run_nowcast(
 
         tifs = write_geotiffs(forecast, out_dir, source=name)
     return NowcastOutputs(path, ref, pngs, gif, method, tifs)
+
+
+def _source_name(cube_path: str | Path, source: str | None) -> str:
+    """The source in product names: given, else the cube's name without ``.zarr``."""
+    return source or Path(cube_path).name.removesuffix(".zarr")
 
 
 def existing_product(
@@ -350,6 +355,5 @@ def existing_product(
         ref = input_times(cube, forecaster.input_frames, time)[-1]
     except (CubeError, NowcastError, CheckpointError, OSError):
         return None
-    name = source or Path(cube_path).name.removesuffix(".zarr")
-    path = Path(out_dir) / nowcast_filename(name, ref)
+    path = Path(out_dir) / nowcast_filename(_source_name(cube_path, source), ref)
     return path if path.exists() else None

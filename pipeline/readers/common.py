@@ -27,6 +27,7 @@ __all__ = [
     "ZR",
     "ReaderError",
     "check_grid_size",
+    "check_image_shape",
     "check_time",
     "crs_from_proj",
     "dbz_to_rate",
@@ -115,6 +116,13 @@ def check_time(path: str | Path, time: datetime | np.datetime64) -> np.datetime6
             f"(accepted {EARLIEST_TIME} .. one day from now); wrong clock or damaged header?"
         )  # fmt: skip
     return when.astype("datetime64[ns]")
+
+
+def check_image_shape(path: str | Path, shape: tuple[int, ...], name: str = "data") -> None:
+    """Refuse a declared dataset that is not a 2-D image of an acceptable size."""
+    if len(shape) != 2:
+        raise ReaderError(path, f"{name} has shape {shape}, expected a 2-D image")
+    check_grid_size(path, *shape)
 
 
 def check_grid_size(path: str | Path, ny: int, nx: int) -> None:

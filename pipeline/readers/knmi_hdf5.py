@@ -23,7 +23,7 @@ from mimcast.pipeline.readers.common import (
     MARSHALL_PALMER,
     ZR,
     ReaderError,
-    check_grid_size,
+    check_image_shape,
     crs_from_proj,
     frame,
     rate_to_dbz,
@@ -59,10 +59,7 @@ def read_knmi_hdf5(path: str | Path, *, zr: ZR = MARSHALL_PALMER):
         projdef = text(mp.attrs.get("projection_proj4_params", "")) if mp is not None else ""
         crs = crs_from_proj(path, _km_proj_to_m(projdef))
         try:
-            shape = f["image1/image_data"].shape
-            if len(shape) != 2:
-                raise ReaderError(path, f"image_data has shape {shape}, expected a 2-D image")
-            check_grid_size(path, *shape)
+            check_image_shape(path, f["image1/image_data"].shape, "image_data")
             raw = f["image1/image_data"][()]
         except (OSError, KeyError) as err:
             raise ReaderError(path, f"image data unreadable (truncated?): {err}") from err

@@ -22,7 +22,7 @@ from mimcast.pipeline.readers.common import (
     MARSHALL_PALMER,
     ZR,
     ReaderError,
-    check_grid_size,
+    check_image_shape,
     crs_from_proj,
     frame,
     parse_time,
@@ -83,10 +83,7 @@ def read_odim(path: str | Path, *, zr: ZR = MARSHALL_PALMER, quantity: str | Non
             raise ReaderError(path, f"ODIM object {obj!r} is not a composite (COMP/IMAGE)")
         dset, group, q, coding = _find_data(f, path, quantity)
         try:
-            shape = group["data"].shape
-            if len(shape) != 2:
-                raise ReaderError(path, f"data has shape {shape}, expected a 2-D image")
-            check_grid_size(path, *shape)  # before reading: the header may lie
+            check_image_shape(path, group["data"].shape)  # before reading: the header may lie
             raw = group["data"][()]
         except (OSError, KeyError) as err:
             raise ReaderError(path, f"data unreadable (truncated or corrupt?): {err}") from err

@@ -84,6 +84,7 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
+    from mimcast.models.device import bf16_native
     from mimcast.models.mimnet import MIMNet
     from mimcast.pipeline import forecasters
     from mimcast.pipeline.cube import open_cube
@@ -117,7 +118,8 @@ def main(argv=None) -> int:
     n_inputs = max(method(m, "cpu").input_frames for m in args.methods)
     peaks = {d: measured_peak(d, args.bf16) for d in devices}
     for d, peak in peaks.items():
-        print(json.dumps({"peak": d, "bf16": args.bf16, "threads": torch.get_num_threads(),
+        print(json.dumps({"peak": d, "bf16": args.bf16 and bf16_native(d),
+                          "threads": torch.get_num_threads(),
                           **peak}), flush=True)  # fmt: skip
     for size in args.sizes:
         latency: dict[str, float] = {}
@@ -148,7 +150,7 @@ def main(argv=None) -> int:
                     "device_name": torch.cuda.get_device_name() if device.startswith("cuda")
                     else "cpu",
                     "threads": torch.get_num_threads(),
-                    "bf16": args.bf16,
+                    "bf16": args.bf16 and bf16_native(device),  # autocast's own rule
                     "method": name,
                     "model": fc.describe() if name == "mimnet" else fc.description,
                     "leads": int(forecast.sizes["time"]),

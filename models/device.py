@@ -41,3 +41,20 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
                 f"cuda:0..cuda:{count - 1}"
             )
     return device
+
+
+def bf16_native(device: torch.device | str) -> bool:
+    """Whether ``device`` has fast bf16 kernels, so that bf16 autocast pays.
+
+    CUDA: the GPU supports bf16 (Ampere and later). CPU: oneDNN has bf16 kernels for it
+    (AVX512-BF16, AMX; also AVX512 cores, which it emulates fast). On an AVX2-only CPU,
+    bf16 convolutions fall back to a reference kernel 15-80x slower than fp32 (measured on
+    a 2-core AMD EPYC: a MIMNet train step took 43 s in bf16, 3.8 s in fp32).
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+        return bool(check()) if check is not None else False
+    return False

@@ -58,6 +58,7 @@ Scheduled sampling is decided by training code and passed as ``mask`` (see
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -462,10 +463,28 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def autocast(device: torch.device | str, enabled: bool = True):
-    """Return a bf16 autocast context for ``device`` (CUDA or CPU); a no-op when disabled."""
+def autocast(device: torch.device | str, enabled: bool = True, native_only: bool = True):
+    """Return a bf16 autocast context for ``device`` (CUDA or CPU); a no-op when disabled.
+
+    With ``native_only`` (the default), bf16 is used only where the device has fast bf16
+    kernels (:func:`mimcast.models.device.bf16_native`); elsewhere it runs in fp32 and says
+    so once, since bf16 there would be many times slower, not faster.
+    """
+    from mimcast.models.device import bf16_native
+
     device_type = torch.device(device).type
+    if enabled and native_only and not bf16_native(device):
+        if device_type not in _FP32_SAID:
+            _FP32_SAID.add(device_type)
+            logging.getLogger(__name__).info(
+                "bf16 requested, but this %s has no native bf16 kernels: running in fp32",
+                device_type,
+            )
+        enabled = False
     return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=enabled)
+
+
+_FP32_SAID: set[str] = set()
 
 
 def compile_step(model: MIMNet, **options) -> MIMNet:

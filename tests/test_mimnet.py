@@ -226,11 +226,24 @@ def test_bf16_autocast_on_cpu_stays_close_to_fp32():
     x = frames(1, TINY.input_length, 16, 16)
     with torch.no_grad():
         ref = model(x)
-        with autocast("cpu"):
+        with autocast("cpu", native_only=False):
             low = model(x)
     assert low.dtype == torch.bfloat16
     assert torch.isfinite(low).all()
     assert (low.float() - ref).abs().max() < 0.1
+
+
+def test_bf16_autocast_runs_only_where_the_cpu_has_native_bf16():
+    # an AVX2-only CPU has no oneDNN bf16 kernels: bf16 convolutions there are 15-80x slower
+    from mimcast.models.device import bf16_native
+
+    model = tiny()
+    x = frames(1, TINY.input_length, 16, 16)
+    with torch.no_grad(), autocast("cpu"):
+        out = model(x)
+    native = bf16_native("cpu")
+    assert native == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert out.dtype == (torch.bfloat16 if native else torch.float32)
 
 
 def test_torch_compile_option_matches_eager():

@@ -119,9 +119,9 @@ def train_all(
                 cmd += ["--config", config_path]
             if steps:
                 cmd += ["--max-steps", str(steps)]
-            log = run_dir(out, fold, variant)
-            log.mkdir(parents=True, exist_ok=True)
-            proc = subprocess.Popen(cmd, stdout=(log / "train.log").open("a"),
+            where = run_dir(out, fold, variant)
+            where.mkdir(parents=True, exist_ok=True)
+            proc = subprocess.Popen(cmd, stdout=(where / "train.log").open("a"),
                                     stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
             running.append((proc, fold, variant))
             if progress:

@@ -150,6 +150,10 @@ def build_pack(
             for j, s in enumerate(starts):  # buffer: no shared frame with validation
                 if split[j] == 0 and s + length > first_val:
                     split[j] = 2  # dropped
+            if not (split == 0).any():
+                # too short to give both (e.g. 24 frames for 16-frame windows): it trains
+                # only, and the other archives validate; otherwise it would teach nothing
+                split[:] = 0
         arrays[f"frames_{k}"] = quantise(dbz)
         arrays[f"starts_{k}"] = np.asarray(starts, dtype=np.int32)
         arrays[f"velocity_{k}"] = (

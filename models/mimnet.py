@@ -130,6 +130,14 @@ class ChannelNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            # (B, H, W, C) in memory: each pixel's gate groups are already the last dims, so
+            # normalising needs no permuted copy (about a fifth of a CPU train step)
+            k = c // self.groups
+            g = F.layer_norm(x.permute(0, 2, 3, 1).view(b, h, w, self.groups, k), (k,),
+                             eps=self.eps)  # fmt: skip
+            g = torch.addcmul(self.bias.view(self.groups, k), g, self.weight.view(self.groups, k))
+            return g.view(b, h, w, c).permute(0, 3, 1, 2)  # channels_last (B, C, H, W)
         g = x.reshape(b, self.groups, c // self.groups, h, w).permute(0, 1, 3, 4, 2)
         # (B, G, H, W, C/G): the fused layer_norm kernel normalises the last dim
         g = F.layer_norm(g, (c // self.groups,), eps=self.eps)

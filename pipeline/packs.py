@@ -246,13 +246,48 @@ class PackDataset:
         """Paths of the pack's cubes, by index."""
         return list(self.meta["cubes"])
 
-    def _velocity(self, k: int, i: int, height: int, width: int):
+    def _velocity(self, k: int, i: int, rows: slice, cols: slice):
+        """Window ``i``'s motion at full resolution on ``rows`` x ``cols`` ``(1, 2, h, w)``.
+
+        Only the blocks around the region are interpolated, with one block of margin, so the
+        values equal those of the whole upsampled field (bilinear reads one neighbour per
+        side), at a fraction of the cost on a large grid.
+        """
         import torch
         import torch.nn.functional as F
 
-        v = torch.from_numpy(self.arrays[f"velocity_{k}"][i].astype(np.float32))[None]
-        v = F.interpolate(v, scale_factor=VELOCITY_BLOCK, mode="bilinear", align_corners=False)
-        return v[..., :height, :width]  # (1, 2, H, W)
+        b = VELOCITY_BLOCK
+        coarse = self.arrays[f"velocity_{k}"][i]  # (2, ceil(H / b), ceil(W / b))
+        height, width = self.arrays[f"frames_{k}"].shape[1:]
+        r0, r1, _ = rows.indices(height)
+        c0, c1, _ = cols.indices(width)
+        br0, bc0 = max(r0 // b - 1, 0), max(c0 // b - 1, 0)
+        br1, bc1 = min(-(-r1 // b) + 1, coarse.shape[1]), min(-(-c1 // b) + 1, coarse.shape[2])
+        v = torch.from_numpy(coarse[:, br0:br1, bc0:bc1].astype(np.float32))[None]
+        v = F.interpolate(v, scale_factor=b, mode="bilinear", align_corners=False)
+        return v[..., r0 - br0 * b : r1 - br0 * b, c0 - bc0 * b : c1 - bc0 * b].contiguous()
+
+    def _margin(self, k: int, i: int, r: int, c: int) -> int:
+        """Pixels around patch ``(r, c)`` that every trajectory from it stays within.
+
+        Grown until consistent: no parcel can leave a box whose fastest motion would take
+        ``steps`` steps to cross its margin. Local, so one fast corner of a continental grid
+        does not make every item transform a huge region.
+        """
+        v = self.arrays[f"velocity_{k}"][i]  # (2, blocks, blocks)
+        if not v.size:
+            return 2
+        b, p = VELOCITY_BLOCK, self.patch
+        steps = max(self.n_inputs - 1, self.n_outputs)
+        margin = 2
+        while True:
+            # blocks under the box, plus one each side (bilinear reads its neighbours)
+            rows = slice(max((r - margin) // b - 1, 0), (r + p + margin) // b + 2)
+            cols = slice(max((c - margin) // b - 1, 0), (c + p + margin) // b + 2)
+            need = int(np.ceil(float(np.abs(v[:, rows, cols]).max()) * steps)) + 2
+            if need <= margin:
+                return margin
+            margin = need
 
     def _normalised(self, k: int, i: int, rows: slice, cols: slice):
         import torch
@@ -274,11 +309,10 @@ class PackDataset:
         """The whole window ``i`` of cube ``k`` in its frame, on ``device`` (float16, bool)."""
         from mimcast.models.advection import to_lagrangian
 
-        height, width = self.arrays[f"frames_{k}"].shape[1:]
         xt, vt = self._normalised(k, i, slice(None), slice(None))
         xt, vt = xt.to(device), vt.to(device)
         if self.frame == "lagrangian":
-            vel = self._velocity(k, i, height, width).to(device)
+            vel = self._velocity(k, i, slice(None), slice(None)).to(device)
             xt, vt = to_lagrangian(xt, vt, vel, self.n_inputs)
         return xt[0].half(), vt[0] > 0.5  # (T, 1, H, W)
 
@@ -295,16 +329,12 @@ class PackDataset:
             vt = v_all[:, :, r : r + p, c : c + p].float()
         else:
             height, width = self.arrays[f"frames_{k}"].shape[1:]
-            margin = 0
-            if self.frame == "lagrangian":
-                v = self.arrays[f"velocity_{k}"][i].astype(np.float32)
-                speed = float(np.abs(v).max()) if v.size else 0.0
-                margin = int(np.ceil(speed * max(self.n_inputs - 1, self.n_outputs))) + 2
+            margin = self._margin(k, i, r, c) if self.frame == "lagrangian" else 0
             r0, r1 = max(r - margin, 0), min(r + p + margin, height)
             c0, c1 = max(c - margin, 0), min(c + p + margin, width)
             xt, vt = self._normalised(k, i, slice(r0, r1), slice(c0, c1))
             if self.frame == "lagrangian":
-                vel = self._velocity(k, i, height, width)[..., r0:r1, c0:c1].contiguous()
+                vel = self._velocity(k, i, slice(r0, r1), slice(c0, c1))
                 xt, vt = to_lagrangian(xt, vt, vel, self.n_inputs)
             # the patch itself, out of the region with its margin
             xt = xt[0, :, :, r - r0 : r - r0 + p, c - c0 : c - c0 + p]  # (T, 1, P, P)

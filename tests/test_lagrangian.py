@@ -92,6 +92,32 @@ def test_pack_round_trip_and_lagrangian_targets(tmp_path):
     assert change(lag) < 0.8 * change(eul)
 
 
+def test_lagrangian_items_cut_from_a_region_equal_those_of_the_whole_grid(tmp_path):
+    # items transform only the patch and the margin its trajectories need (local speed):
+    # they must equal the same patch cut from the whole window moved into its frame
+    from mimcast.pipeline.packs import PackConfig, PackDataset, build_pack
+    from mimcast.pipeline.synthetic import SyntheticConfig, synthetic_cube
+
+    cube = synthetic_cube(SyntheticConfig(height=96, width=128, frames=20, seed=5, wind_u=20.0,
+                                          wind_variation=12.0, wind_scale_km=60.0,
+                                          cell_rate=4.0))  # fmt: skip
+    cube = cube.assign(observed=("time", np.ones(20, bool))).assign_attrs(time_step_minutes=5)
+    store = tmp_path / "c.zarr"
+    cube.to_zarr(store, consolidated=False)
+    config = PackConfig(n_inputs=4, n_outputs=6, patch=32, stride=16, min_coverage=0.01)
+    pack = build_pack([store], tmp_path / "pack.npz", config, progress=False)
+    region = PackDataset(pack, "train", frame="lagrangian")
+    whole = PackDataset(pack, "train", frame="lagrangian", device="cpu")
+    speeds = np.abs(region.arrays["velocity_0"].astype(np.float32))
+    assert speeds.max() > 1.5 * np.median(speeds)  # the motion varies: margins differ
+    margins = {region._margin(k, i, r, c) for k, i, r, c in region.items}
+    assert len(margins) > 1
+    for j in range(0, len(region), max(len(region) // 12, 1)):
+        (x, v), (xw, vw) = region[j], whole[j]
+        torch.testing.assert_close(v, vw, atol=0, rtol=0)
+        torch.testing.assert_close(x * v, xw * vw, atol=2e-3, rtol=0)  # float16 storage
+
+
 @pytest.fixture(scope="module")
 def unseen_cube(radar_samples, tmp_path_factory):
     """DWD's RADKLIM YW archive: the shipped model was trained without it (see MODEL_CARD)."""

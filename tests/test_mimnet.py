@@ -255,6 +255,35 @@ def test_torch_compile_option_matches_eager():
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
 
 
+def test_channel_norm_in_channels_last_matches_the_plain_layout_without_a_copy():
+    from mimcast.models.mimnet import ChannelNorm
+
+    norm = ChannelNorm(3, 12)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 12, 5, 7)
+    plain = norm(x)
+    last = norm(x.contiguous(memory_format=torch.channels_last))
+    assert last.is_contiguous(memory_format=torch.channels_last) and not last.is_contiguous()
+    torch.testing.assert_close(last, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_a_channels_last_model_gives_the_same_outputs_and_gradients():
+    x = frames(2, TINY.input_length + TINY.output_length, 16, 16)
+    results = []
+    for layout in (False, True):
+        model = tiny(num_layers=3, channels_last=layout).train()
+        if layout:
+            model = model.to(memory_format=torch.channels_last)
+        out = model(x)
+        out.square().mean().backward()
+        results.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-4, atol=1e-5)
+    for g_last, g_plain in zip(results[1][1], results[0][1], strict=True):
+        torch.testing.assert_close(g_last, g_plain, rtol=1e-3, atol=1e-6)
+
+
 def test_a_tiny_model_overfits_one_synthetic_sequence():
     from mimcast.pipeline.synthetic import SyntheticConfig, synthetic_cube
 

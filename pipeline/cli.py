@@ -199,14 +199,12 @@ def _device(text: str) -> str:
 
 
 def _iso_time(text: str) -> str:
-    import numpy as np
+    from mimcast.pipeline.cube import parse_time
 
     try:
-        np.datetime64(text.replace("Z", ""), "m")
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not an ISO 8601 UTC time (e.g. 2024-07-01T12:30)"
-        ) from None
+        parse_time(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
     return text
 
 

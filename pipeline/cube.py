@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -447,6 +448,28 @@ def observed(cube: xr.Dataset) -> np.ndarray:
     if "observed" in cube:
         return np.asarray(cube["observed"].values, dtype=bool)
     return np.ones(cube.sizes["time"], dtype=bool)
+
+
+def parse_time(text: str) -> np.datetime64:
+    """Return the UTC time ``text`` names, to the second (``datetime64[s]``).
+
+    One rule for every option that takes a time: ISO 8601 with ``T`` or a space, minutes or
+    seconds, optionally ending in ``Z`` or ``+00:00`` (times are UTC; another offset is
+    refused rather than silently shifted).
+    """
+    value = str(text).strip()
+    for suffix in ("Z", "z", "+00:00", "+0000"):
+        if value.endswith(suffix):
+            value = value[: -len(suffix)]
+            break
+    try:
+        if re.search(r"[+-]\d\d:?\d\d$", value.split("T")[-1].split(" ")[-1]):
+            raise ValueError("offset")
+        return np.datetime64(value.replace(" ", "T"), "s")
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not an ISO 8601 UTC time (e.g. 2024-07-01T12:30 or 2024-07-01T12:30Z)"
+        ) from None
 
 
 def step_minutes(cube: xr.Dataset) -> int:

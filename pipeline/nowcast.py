@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from mimcast.pipeline.cube import GRID_MAPPING, VARIABLE, step_minutes
+from mimcast.pipeline.cube import GRID_MAPPING, VARIABLE, parse_time, step_minutes
 from mimcast.pipeline.cube import observed as cube_observed
 from mimcast.pipeline.defaults import MAP_LEADS, NOWCAST_METHOD, RAIN_THRESHOLD_DBZ
 from mimcast.pipeline.products import accumulate
@@ -85,9 +85,12 @@ def input_times(cube: xr.Dataset, n_inputs: int, when: str = "latest") -> np.nda
             f"(cube: {times.size} frames, {int((~observed).sum())} gaps)"
         )
     try:
-        ref = np.datetime64(when.replace("Z", ""), "m")
+        exact = parse_time(when)
     except ValueError as err:
-        raise NowcastError(f"reference time {when!r} is not ISO 8601") from err
+        raise NowcastError(f"reference time: {err}") from None
+    ref = exact.astype("datetime64[m]")
+    if ref != exact:
+        raise NowcastError(f"reference time {when!r} is not on a whole minute (frames are)")
     wanted = ref - step * np.arange(n_inputs - 1, -1, -1)
     if not np.isin(ref, times) and times[0] <= ref <= times[-1]:
         before, after = times[times < ref][-1], times[times > ref][0]

@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import h5py
@@ -43,7 +43,7 @@ import xarray as xr
 from scipy import ndimage
 
 from mimcast.pipeline.atomic import atomic_path
-from mimcast.pipeline.cube import NO_ECHO_DBZ, build_cube, regular_grid
+from mimcast.pipeline.cube import NO_ECHO_DBZ, build_cube, parse_time, regular_grid
 from mimcast.pipeline.zr import MARSHALL_PALMER
 
 #: 8-bit DBZH coding used by the generated files (the usual ODIM choice).
@@ -123,9 +123,9 @@ class SyntheticConfig:
         if not 0.0 <= self.stratiform_fraction < 1.0:
             raise ValueError(f"stratiform_fraction={self.stratiform_fraction}: must be in [0,1)")
         try:
-            datetime.fromisoformat(self.start)
+            parse_time(self.start)
         except ValueError as err:
-            raise ValueError(f"start={self.start!r}: not an ISO 8601 time") from err
+            raise ValueError(f"start: {err}") from None
         crs = pyproj.CRS.from_user_input(self.projdef)
         if not crs.is_projected:
             raise ValueError(f"projdef={self.projdef!r}: must be a projected CRS in metres")
@@ -179,7 +179,7 @@ def corners(config: SyntheticConfig) -> dict[str, float]:
 
 def times(config: SyntheticConfig) -> np.ndarray:
     """Return the nominal frame times as ``datetime64[ns]`` (UTC, naive)."""
-    start = np.datetime64(datetime.fromisoformat(config.start), "ns")
+    start = parse_time(config.start).astype("datetime64[ns]")
     step = np.timedelta64(config.step_minutes, "m")
     return start + step * np.arange(config.frames)
 

@@ -188,10 +188,12 @@ def reference_times(
 
 
 def _iso(value: str, option: str) -> np.datetime64:
+    from mimcast.pipeline.cube import parse_time
+
     try:
-        return np.datetime64(value.replace("Z", ""), "ns")
+        return parse_time(value).astype("datetime64[ns]")
     except ValueError as err:
-        raise ValueError(f"--{option} {value!r}: not an ISO 8601 time") from err
+        raise ValueError(f"--{option}: {err}") from None
 
 
 def score_reference(

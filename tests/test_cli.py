@@ -41,7 +41,7 @@ def test_every_command_has_help(capsys):
         (["synth", "OUT", "--frames", "many"], "invalid int value: 'many'"),
         (["synth", "OUT", "--frames", "0"], "frames=0: must be at least 1"),
         (["synth", "OUT", "--size", "4", "300"], "at least 8"),
-        (["synth", "OUT", "--start", "yesterday"], "not an ISO 8601 time"),
+        (["synth", "OUT", "--start", "yesterday"], "'yesterday' is not an ISO 8601 UTC time"),
         (
             ["synth", "OUT", "--config", "missing.toml"],
             "missing.toml: configuration file not found",

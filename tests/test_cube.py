@@ -145,3 +145,26 @@ def test_lazy_cube_is_not_computed_by_validation():
         assert computed == []  # validation looked at metadata only
         ds.reflectivity.values  # noqa: B018 - the counter does see a real computation
     assert len(computed) == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2024-07-01T12:30", "2024-07-01T12:30:00"),
+        ("2024-07-01T12:30Z", "2024-07-01T12:30:00"),
+        ("2024-07-01 12:30:15", "2024-07-01T12:30:15"),
+        ("2024-07-01T12:30:00+00:00", "2024-07-01T12:30:00"),
+        ("2024-07-01", "2024-07-01T00:00:00"),
+        ("2024-07-01T12:30+02:00", None),  # another offset: refused, never shifted silently
+        ("13:02x", None),
+        ("yesterday", None),
+    ],
+)
+def test_one_time_parser_for_every_option(text, expected):
+    from mimcast.pipeline.cube import parse_time
+
+    if expected is None:
+        with pytest.raises(ValueError, match="is not an ISO 8601 UTC time"):
+            parse_time(text)
+    else:
+        assert parse_time(text) == np.datetime64(expected)

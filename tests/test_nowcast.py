@@ -94,6 +94,11 @@ def test_missing_inputs_raise_a_clear_error(cube, model):
         nowcast(holey, MIMNetForecaster.from_model(model), NowcastOptions(time="2024-07-01T12:45"))
     # 'latest' falls back to the last reference time with complete inputs
     assert str(input_times(holey, 4, "latest")[-1]) == "2024-07-01T12:35"
+    # the same time in any accepted spelling; seconds only where they are zero
+    for spelling in ("2024-07-01T12:35Z", "2024-07-01 12:35:00", "2024-07-01T12:35:00+00:00"):
+        assert str(input_times(cube, 4, spelling)[-1]) == "2024-07-01T12:35"
+    with pytest.raises(NowcastError, match="not on a whole minute"):
+        input_times(cube, 4, "2024-07-01T12:35:30")
     with pytest.raises(NowcastError, match="outside the cube"):
         nowcast(cube, MIMNetForecaster.from_model(model), NowcastOptions(time="2024-07-02T00:00"))
 

@@ -432,6 +432,7 @@ def test_a_file_name_with_a_newline_cannot_forge_output(archive, tmp_path):
         (["train", "C", "--out", "O", "--device", "cuda:7"], "cuda:7"),
         (["nowcast", "C", "--out", "O", "--leads", "-5", "0"], "--leads: -5 must be >= 1"),
         (["nowcast", "C", "--out", "O", "--time", "13:02x"], "--time: '13:02x' is not an ISO"),
+        (["nowcast", "C", "--out", "O", "--time", "2024-07-01T12:30+02:00"], "is not an ISO"),
         (["evaluate", "C", "--out", "O", "--every", "0"], "--every: 0 must be >= 1"),
         (["evaluate", "C", "--out", "O", "--every", "-1"], "--every: -1 must be >= 1"),
         (["evaluate", "C", "--out", "O", "--start", "notiso"], "--start: 'notiso' is not an ISO"),

@@ -85,7 +85,7 @@ class MIMNetConfig:
     forget_bias: float = 1.0  # added to forget-gate pre-activations (PredRNN's choice)
     diff_input: str = "hidden"  # MIM-N input: "hidden" H^{l-1} difference, or "cascade" D^{l-1}
     first_step_diff: str = "zero"  # at t=0: "zero" difference, or "state" (H_0 - initial zeros)
-    channels_last: bool = False  # run convolutions in channels_last memory format (GPU)
+    channels_last: bool = False  # channels_last layout (GPU; CPU too: the gate norm needs no copy)
     residual: bool = False  # predict the change from the frame fed at each step (~0 at start)
 
     def __post_init__(self) -> None:

@@ -58,16 +58,24 @@ def test_patch_seam_ratio_detects_block_texture():
     assert patch_seam_ratio(blocky, 4) > 3
 
 
-def test_pack_round_trip_and_lagrangian_targets(tmp_path):
-    from mimcast.pipeline.packs import PackConfig, PackDataset, build_pack
+def _pack(tmp_path, **synthetic):
+    """A synthetic cube (5-minute steps) and its pack of 4 -> 6 frame windows, 32-px patches."""
+    from mimcast.pipeline.packs import PackConfig, build_pack
     from mimcast.pipeline.synthetic import SyntheticConfig, synthetic_cube
 
-    cube = synthetic_cube(SyntheticConfig(height=64, width=64, frames=40, seed=2, wind_u=15.0))
-    cube = cube.assign(observed=("time", np.ones(40, bool))).assign_attrs(time_step_minutes=5)
+    cube = synthetic_cube(SyntheticConfig(**synthetic))
+    cube = cube.assign(observed=("time", np.ones(cube.sizes["time"], bool)))
+    cube = cube.assign_attrs(time_step_minutes=5)
     store = tmp_path / "c.zarr"
     cube.to_zarr(store, consolidated=False)
     config = PackConfig(n_inputs=4, n_outputs=6, patch=32, stride=16, min_coverage=0.01)
-    pack = build_pack([store], tmp_path / "pack.npz", config, progress=False)
+    return cube, build_pack([store], tmp_path / "pack.npz", config, progress=False)
+
+
+def test_pack_round_trip_and_lagrangian_targets(tmp_path):
+    from mimcast.pipeline.packs import PackDataset
+
+    cube, pack = _pack(tmp_path, height=64, width=64, frames=40, seed=2, wind_u=15.0)
     eul = PackDataset(pack, "train", frame="eulerian")
     lag = PackDataset(pack, "train", frame="lagrangian")
     assert len(eul) == len(lag) > 0 and len(PackDataset(pack, "val")) > 0
@@ -95,17 +103,10 @@ def test_pack_round_trip_and_lagrangian_targets(tmp_path):
 def test_lagrangian_items_cut_from_a_region_equal_those_of_the_whole_grid(tmp_path):
     # items transform only the patch and the margin its trajectories need (local speed):
     # they must equal the same patch cut from the whole window moved into its frame
-    from mimcast.pipeline.packs import PackConfig, PackDataset, build_pack
-    from mimcast.pipeline.synthetic import SyntheticConfig, synthetic_cube
+    from mimcast.pipeline.packs import PackDataset
 
-    cube = synthetic_cube(SyntheticConfig(height=96, width=128, frames=20, seed=5, wind_u=20.0,
-                                          wind_variation=12.0, wind_scale_km=60.0,
-                                          cell_rate=4.0))  # fmt: skip
-    cube = cube.assign(observed=("time", np.ones(20, bool))).assign_attrs(time_step_minutes=5)
-    store = tmp_path / "c.zarr"
-    cube.to_zarr(store, consolidated=False)
-    config = PackConfig(n_inputs=4, n_outputs=6, patch=32, stride=16, min_coverage=0.01)
-    pack = build_pack([store], tmp_path / "pack.npz", config, progress=False)
+    _, pack = _pack(tmp_path, height=96, width=128, frames=20, seed=5, wind_u=20.0,
+                    wind_variation=12.0, wind_scale_km=60.0, cell_rate=4.0)  # fmt: skip
     region = PackDataset(pack, "train", frame="lagrangian")
     whole = PackDataset(pack, "train", frame="lagrangian", device="cpu")
     speeds = np.abs(region.arrays["velocity_0"].astype(np.float32))

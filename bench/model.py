@@ -51,7 +51,8 @@ def _timed(fn, device, repeats: int) -> float:
     return statistics.median(times)
 
 
-def run_case(name: str, device_name: str, precision: str, batch: int, repeats: int, compile_):
+def run_case(name: str, device_name: str, precision: str, batch: int, repeats: int, compile_,
+             layout: str = "auto"):  # fmt: skip
     import torch
 
     from mimcast.models.mimnet import MIMNet, MIMNetConfig, autocast, compile_step, count_parameters
@@ -61,7 +62,8 @@ def run_case(name: str, device_name: str, precision: str, batch: int, repeats: i
     torch.manual_seed(0)
     config = MIMNetConfig(
         num_layers=layers, num_hidden=hidden, patch_size=patch, input_length=t_in,
-        output_length=t_out, channels_last=device.type == "cuda",
+        output_length=t_out,
+        channels_last=layout == "channels_last" or (layout == "auto" and device.type == "cuda"),
     )  # fmt: skip
     model = MIMNet(config).to(device)
     if config.channels_last:
@@ -105,6 +107,7 @@ def run_case(name: str, device_name: str, precision: str, batch: int, repeats: i
         "threads": torch.get_num_threads(),
         "precision": precision,
         "compiled": compile_,
+        "channels_last": config.channels_last,
         "layers": layers,
         "hidden": hidden,
         "patch": patch,
@@ -140,6 +143,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=None, help="default: 4 on CUDA, 1 on CPU")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="torch.compile the step")
+    parser.add_argument("--layout", choices=["auto", "plain", "channels_last"], default="auto",
+                        help="memory layout (auto: channels_last on CUDA)")  # fmt: skip
     args = parser.parse_args(argv)
     devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     results = []
@@ -158,7 +163,16 @@ def main(argv=None) -> int:
                 queue = ctx.Queue()
                 proc = ctx.Process(
                     target=_child,
-                    args=(queue, case, device, precision, batch, args.repeats, args.compile),
+                    args=(
+                        queue,
+                        case,
+                        device,
+                        precision,
+                        batch,
+                        args.repeats,
+                        args.compile,
+                        args.layout,
+                    ),
                 )
                 proc.start()
                 result = queue.get()

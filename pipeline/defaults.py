@@ -29,7 +29,7 @@ DEFAULT_EVALUATION = str(LOCAL / "evaluation")
 DEFAULT_TRAIN_CONFIG = DATA / "train.toml"
 
 #: The default model for nowcast, evaluate and serve: the Lagrangian MIMNet trained on real
-#: radar (see data/MODEL_CARD.md; not for commercial use: RMI data is in its training set).
+#: radar (see data/MODEL_CARD.md: trained without RMI and DWD YW, and scored on both).
 SHIPPED_CHECKPOINT = DATA / "mimnet_real.safetensors"
 #: The model of `mimcast demo`, trained on the synthetic storms the demo makes.
 SYNTHETIC_CHECKPOINT = DATA / "mimnet_synthetic.safetensors"

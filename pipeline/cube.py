@@ -457,19 +457,19 @@ def parse_time(text: str) -> np.datetime64:
     seconds, optionally ending in ``Z`` or ``+00:00`` (times are UTC; another offset is
     refused rather than silently shifted).
     """
+    bad = f"{text!r} is not an ISO 8601 UTC time (e.g. 2024-07-01T12:30 or 2024-07-01T12:30Z)"
     value = str(text).strip()
     for suffix in ("Z", "z", "+00:00", "+0000"):
         if value.endswith(suffix):
             value = value[: -len(suffix)]
             break
+    clock = value.split("T")[-1].split(" ")[-1]
+    if re.search(r"[+-]\d\d:?\d\d$", clock):  # another offset
+        raise ValueError(bad)
     try:
-        if re.search(r"[+-]\d\d:?\d\d$", value.split("T")[-1].split(" ")[-1]):
-            raise ValueError("offset")
         return np.datetime64(value.replace(" ", "T"), "s")
     except ValueError:
-        raise ValueError(
-            f"{text!r} is not an ISO 8601 UTC time (e.g. 2024-07-01T12:30 or 2024-07-01T12:30Z)"
-        ) from None
+        raise ValueError(bad) from None
 
 
 def step_minutes(cube: xr.Dataset) -> int:

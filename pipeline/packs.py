@@ -178,6 +178,12 @@ def build_pack(
     return out
 
 
+def _blocks(lo: int, hi: int) -> slice:
+    """Motion blocks that bilinear upsampling reads for pixels ``lo:hi`` (one more each side)."""
+    b = VELOCITY_BLOCK
+    return slice(max(lo // b - 1, 0), -(-hi // b) + 1)  # numpy clips the end to the grid
+
+
 class PackDataset:
     """``(frames, valid)`` patches from a pack, Eulerian or Lagrangian, optionally augmented.
 
@@ -261,11 +267,11 @@ class PackDataset:
         height, width = self.arrays[f"frames_{k}"].shape[1:]
         r0, r1, _ = rows.indices(height)
         c0, c1, _ = cols.indices(width)
-        br0, bc0 = max(r0 // b - 1, 0), max(c0 // b - 1, 0)
-        br1, bc1 = min(-(-r1 // b) + 1, coarse.shape[1]), min(-(-c1 // b) + 1, coarse.shape[2])
-        v = torch.from_numpy(coarse[:, br0:br1, bc0:bc1].astype(np.float32))[None]
+        brows, bcols = _blocks(r0, r1), _blocks(c0, c1)
+        v = torch.from_numpy(coarse[:, brows, bcols].astype(np.float32))[None]
         v = F.interpolate(v, scale_factor=b, mode="bilinear", align_corners=False)
-        return v[..., r0 - br0 * b : r1 - br0 * b, c0 - bc0 * b : c1 - bc0 * b].contiguous()
+        r, c = brows.start * b, bcols.start * b
+        return v[..., r0 - r : r1 - r, c0 - c : c1 - c].contiguous()
 
     def _margin(self, k: int, i: int, r: int, c: int) -> int:
         """Pixels around patch ``(r, c)`` that every trajectory from it stays within.
@@ -277,13 +283,11 @@ class PackDataset:
         v = self.arrays[f"velocity_{k}"][i]  # (2, blocks, blocks)
         if not v.size:
             return 2
-        b, p = VELOCITY_BLOCK, self.patch
+        p = self.patch
         steps = max(self.n_inputs - 1, self.n_outputs)
         margin = 2
         while True:
-            # blocks under the box, plus one each side (bilinear reads its neighbours)
-            rows = slice(max((r - margin) // b - 1, 0), (r + p + margin) // b + 2)
-            cols = slice(max((c - margin) // b - 1, 0), (c + p + margin) // b + 2)
+            rows, cols = _blocks(r - margin, r + p + margin), _blocks(c - margin, c + p + margin)
             need = int(np.ceil(float(np.abs(v[:, rows, cols]).max()) * steps)) + 2
             if need <= margin:
                 return margin

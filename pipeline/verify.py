@@ -32,7 +32,7 @@ import numpy as np
 import xarray as xr
 
 from mimcast.pipeline.compute import TaskBar, dask_scheduler
-from mimcast.pipeline.cube import VARIABLE, axis_breaks, complete_windows
+from mimcast.pipeline.cube import VARIABLE, axis_breaks, complete_windows, parse_time
 from mimcast.pipeline.cube import observed as cube_observed
 from mimcast.pipeline.defaults import FLOOR_DBZ
 from mimcast.pipeline.forecasters import pysteps
@@ -188,8 +188,6 @@ def reference_times(
 
 
 def _iso(value: str, option: str) -> np.datetime64:
-    from mimcast.pipeline.cube import parse_time
-
     try:
         return parse_time(value).astype("datetime64[ns]")
     except ValueError as err:

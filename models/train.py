@@ -383,6 +383,8 @@ def train(
     try:
         while step < config.max_steps:
             sampler.set_position(epoch, position * config.batch_size)
+            if hasattr(train_set, "set_epoch"):  # per-epoch augmentation (PackDataset)
+                train_set.set_epoch(epoch)
             loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler,
                                 num_workers=config.num_workers)  # fmt: skip
             for frames, valid in loader:

@@ -198,7 +198,9 @@ class PackDataset:
     dbz_range
         Normalisation ``(dbz_min, dbz_max)`` to [0, 1].
     augment
-        Random 90-degree rotations and flips (training only).
+        Random 90-degree rotations and flips (training only). The draw is a function of
+        ``(seed, epoch, index)`` alone (:meth:`set_epoch`), so a resumed run, each data-loader
+        worker and each DDP rank see what one uninterrupted run would have seen.
     cubes
         Only items from these cube indices (None: all), e.g. to leave one archive out.
     device
@@ -238,7 +240,7 @@ class PackDataset:
             if self.arrays[f"split_{k}"][i] == want:
                 keep.append((int(k), int(i), int(r), int(c)))
         self.items = keep
-        self.rng = np.random.default_rng(seed)
+        self.seed, self.epoch = seed, 0
         self.device = device
         self._windows: dict[tuple[int, int], tuple] = {}
         if device is not None:
@@ -247,6 +249,10 @@ class PackDataset:
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw this epoch's augmentations (the trainer calls it before each epoch's loader)."""
+        self.epoch = int(epoch)
 
     def cube_names(self) -> list[str]:
         """Paths of the pack's cubes, by index."""
@@ -344,8 +350,9 @@ class PackDataset:
             xt = xt[0, :, :, r - r0 : r - r0 + p, c - c0 : c - c0 + p]  # (T, 1, P, P)
             vt = vt[0, :, :, r - r0 : r - r0 + p, c - c0 : c - c0 + p]
         if self.augment:
-            turns = int(self.rng.integers(4))
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            turns = int(rng.integers(4))
             xt, vt = torch.rot90(xt, turns, (2, 3)), torch.rot90(vt, turns, (2, 3))
-            if self.rng.random() < 0.5:
+            if rng.random() < 0.5:
                 xt, vt = torch.flip(xt, (3,)), torch.flip(vt, (3,))
         return xt.contiguous(), vt.contiguous()

@@ -119,6 +119,27 @@ def test_lagrangian_items_cut_from_a_region_equal_those_of_the_whole_grid(tmp_pa
         torch.testing.assert_close(x * v, xw * vw, atol=2e-3, rtol=0)  # float16 storage
 
 
+def test_augmentation_depends_on_seed_epoch_and_index_only(tmp_path):
+    # a resumed run (a fresh dataset), another loader worker or another access order must
+    # draw the same rotation/flip for an item as one uninterrupted run; epochs differ
+    from mimcast.pipeline.packs import PackDataset
+
+    _, pack = _pack(tmp_path, height=64, width=64, frames=30, seed=3, wind_u=10.0)
+    a = PackDataset(pack, "train", frame="eulerian", augment=True, seed=7)
+    plain = PackDataset(pack, "train", frame="eulerian")
+    n = min(len(a), 12)
+    first = [a[j][0] for j in range(n)]
+    b = PackDataset(pack, "train", frame="eulerian", augment=True, seed=7)
+    for j in reversed(range(n)):
+        torch.testing.assert_close(b[j][0], first[j], atol=0, rtol=0)
+    assert any(not torch.equal(first[j], plain[j][0]) for j in range(n))  # it augments
+    a.set_epoch(1)
+    assert any(not torch.equal(a[j][0], first[j]) for j in range(n))  # new draws per epoch
+    b.set_epoch(1)
+    for j in range(n):
+        torch.testing.assert_close(a[j][0], b[j][0], atol=0, rtol=0)
+
+
 @pytest.fixture(scope="module")
 def unseen_cube(radar_samples, tmp_path_factory):
     """DWD's RADKLIM YW archive: the shipped model was trained without it (see MODEL_CARD)."""

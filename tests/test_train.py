@@ -135,8 +135,14 @@ def _train_cmd(cube, config_file, out, steps):
             "--out", str(out), "--max-steps", str(steps), "--quiet"]  # fmt: skip
 
 
-def test_killed_run_resumes_to_the_same_weights(cube, config_file, tmp_path):
+@pytest.mark.parametrize("frame", ["eulerian", "lagrangian_augmented"])
+def test_killed_run_resumes_to_the_same_weights(cube, config_file, tmp_path, frame):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if frame != "eulerian":  # through a pack, with random rotations and flips
+        config_file = tmp_path / "lagrangian.toml"
+        config_file.write_text(
+            TINY_TOML.replace("[data]\n", '[data]\nframe = "lagrangian"\naugment = true\n')
+        )
     cmd = _train_cmd(cube, config_file, tmp_path / "straight", 20)
     straight = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert straight.returncode == 0, straight.stderr[-2000:]

@@ -5,11 +5,18 @@ Usage::
     python bench/model.py                       # CPU, and CUDA when present
     python bench/model.py --device cuda --compile
     python bench/model.py --cases small --precisions fp32 bf16 --repeats 5
+    python bench/model.py --cases small --batch 4 --against openstl   # OpenSTL importable
 
 Each case runs in a fresh process so that peak memory (``ru_maxrss`` on CPU,
 ``torch.cuda.max_memory_allocated`` on CUDA) belongs to that case alone. One JSON object per
 line on stdout, then a summary array. Timings are medians over ``--repeats`` after warm-up;
 this script never asserts on time.
+
+``--against openstl`` also times OpenSTL's ``MIM_Model`` (github.com/chengtan9907/OpenSTL; it
+must be importable, e.g. installed from its repository or on ``PYTHONPATH``) at the same
+configuration, in the same process, in alternating rounds: same layers, hidden channels,
+filter, patch, frames, batch, optimiser and precision, ``layer_norm=0`` and its usual
+(non-reverse) scheduled sampling. The JSON adds its times and our speed-up over it.
 """
 
 from __future__ import annotations
@@ -51,8 +58,68 @@ def _timed(fn, device, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _timed_rounds(fns, device, repeats: int) -> list[float]:
+    """Median time of each function, timed in alternating rounds (drift hits all alike)."""
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, out in zip(fns, times, strict=True):
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            out.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
+def _openstl_steps(config, batch: int, h: int, w: int, device, use_bf16: bool):
+    """Train and inference steps of OpenSTL's MIM at ``config``, as its PredRNN-family method
+    calls it: frames cut into patches, channels last, a mask over the predicted frames."""
+    import types
+
+    import torch
+    from openstl.models import MIM_Model
+
+    from mimcast.models.mimnet import autocast
+
+    p, t_in, t_out = config.patch_size, config.input_length, config.output_length
+    configs = types.SimpleNamespace(
+        in_shape=(t_in, config.in_channels, h, w), patch_size=p, filter_size=config.filter_size,
+        stride=1, layer_norm=0, pre_seq_length=t_in, aft_seq_length=t_out,
+        reverse_scheduled_sampling=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = MIM_Model(config.num_layers, [config.num_hidden] * config.num_layers, configs)
+    model = model.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    shape = (h // p, w // p, p * p * config.in_channels)
+    x = torch.rand(batch, t_in + t_out, *shape, device=device)
+    mask = torch.full((batch, t_out - 1, *shape), 0.5, device=device)
+
+    def fresh():  # its MIM blocks keep the last MIM-S memory between calls, which breaks a
+        for block in model.modules():  # change of batch size or of grad mode; the cost of a
+            if hasattr(block, "convlstm_c"):  # call is the same from zeros
+                block.convlstm_c = None
+
+    def train_step():
+        fresh()
+        opt.zero_grad(set_to_none=True)
+        with autocast(device, enabled=use_bf16):
+            pred, _ = model(x, mask, return_loss=False)
+            loss = ((pred.float() - x[:, 1:]) ** 2).mean()
+        loss.backward()
+        opt.step()
+
+    def infer():
+        fresh()
+        with torch.inference_mode(), autocast(device, enabled=use_bf16):
+            model(x[:1], torch.zeros_like(mask[:1]), return_loss=False)
+        fresh()
+
+    return train_step, infer, sum(q.numel() for q in model.parameters())
+
+
 def run_case(name: str, device_name: str, precision: str, batch: int, repeats: int, compile_,
-             layout: str = "auto"):  # fmt: skip
+             layout: str = "auto", against: str | None = None, norm: bool = True):  # fmt: skip
     import torch
 
     from mimcast.models.mimnet import MIMNet, MIMNetConfig, autocast, compile_step, count_parameters
@@ -62,7 +129,7 @@ def run_case(name: str, device_name: str, precision: str, batch: int, repeats: i
     torch.manual_seed(0)
     config = MIMNetConfig(
         num_layers=layers, num_hidden=hidden, patch_size=patch, input_length=t_in,
-        output_length=t_out,
+        output_length=t_out, layer_norm=norm,
         channels_last=layout == "channels_last" or (layout == "auto" and device.type == "cuda"),
     )  # fmt: skip
     model = MIMNet(config).to(device)
@@ -92,8 +159,27 @@ def run_case(name: str, device_name: str, precision: str, batch: int, repeats: i
         torch.cuda.reset_peak_memory_stats()
     train_step()  # warm-up (and compilation)
     infer()
-    train_s = _timed(train_step, device, repeats)
-    infer_s = _timed(infer, device, repeats)
+    other = None
+    if against == "openstl":
+        try:
+            o_train, o_infer, o_params = _openstl_steps(config, batch, h, w, device, use_bf16)
+        except ImportError as err:
+            other = {"skipped": f"OpenSTL is not importable ({err})"}
+        else:
+            o_train()
+            o_infer()
+            train_s, o_train_s = _timed_rounds([train_step, o_train], device, repeats)
+            infer_s, o_infer_s = _timed_rounds([infer, o_infer], device, repeats)
+            other = {
+                "params": o_params,
+                "train_step_s": round(o_train_s, 4),
+                "inference_latency_s": round(o_infer_s, 4),
+                "train_speedup": round(o_train_s / train_s, 3),
+                "inference_speedup": round(o_infer_s / infer_s, 3),
+            }
+    if other is None or "skipped" in other:
+        train_s = _timed(train_step, device, repeats)
+        infer_s = _timed(infer, device, repeats)
     if device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -108,6 +194,7 @@ def run_case(name: str, device_name: str, precision: str, batch: int, repeats: i
         "precision": precision,
         "compiled": compile_,
         "channels_last": config.channels_last,
+        "layer_norm": config.layer_norm,
         "layers": layers,
         "hidden": hidden,
         "patch": patch,
@@ -121,6 +208,7 @@ def run_case(name: str, device_name: str, precision: str, batch: int, repeats: i
         "peak_memory_mb": round(peak_mb, 1),
         "peak_memory_kind": "cuda_max_allocated" if device.type == "cuda" else "process_max_rss",
         "torch": torch.__version__,
+        **({"openstl_mim": other} if against else {}),
     }
 
 
@@ -145,6 +233,10 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", action="store_true", help="torch.compile the step")
     parser.add_argument("--layout", choices=["auto", "plain", "channels_last"], default="auto",
                         help="memory layout (auto: channels_last on CUDA)")  # fmt: skip
+    parser.add_argument("--norm", choices=["on", "off"], default="on",
+                        help="MIMNet's per-pixel gate norm (on as shipped)")  # fmt: skip
+    parser.add_argument("--against", choices=["openstl"], default=None,
+                        help="also time OpenSTL's MIM at the same configuration")  # fmt: skip
     args = parser.parse_args(argv)
     devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     results = []
@@ -172,6 +264,8 @@ def main(argv=None) -> int:
                         args.repeats,
                         args.compile,
                         args.layout,
+                        args.against,
+                        args.norm == "on",
                     ),
                 )
                 proc.start()

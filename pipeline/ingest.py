@@ -18,10 +18,12 @@ variable along ``time``. Beside the store, ``<name>.ingest.json`` reports what h
    conflicting ones (same time, different values: the first by path order, or the frame
    already in the cube, is kept).
 4. *Gaps*: the time axis holds the observed frames at ``step_minutes`` (inferred from the
-   archive when not given). A gap of up to ``max_gap_minutes`` becomes all-NaN frames with
-   ``observed = False``; a longer one (an event archive, a long outage) is a *break*: the
-   axis jumps, nothing is written for it, and no window is cut across it
-   (:func:`pipeline.cube.complete_windows`). Cost follows the frames, not the time span.
+   archive when not given). A ``step_minutes`` that is a multiple of the archive's own step
+   thins it: the frames between are reported as ``thinned``, not as skipped. A gap of up
+   to ``max_gap_minutes`` becomes all-NaN frames with ``observed = False``; a longer one (an
+   event archive, a long outage) is a *break*: the axis jumps, nothing is written for it,
+   and no window is cut across it (:func:`pipeline.cube.complete_windows`). Cost follows the
+   frames, not the time span.
 5. *Write* in time chunks, streaming: each frame is read again inside the dask graph and
    written chunk by chunk, so peak memory does not grow with the length of the archive.
 
@@ -140,6 +142,7 @@ class IngestReport:
     files_found: int = 0
     read: list[dict[str, str]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    thinned: list[dict[str, str]] = field(default_factory=list)  # between the asked step's times
     ignored: list[str] = field(default_factory=list)
     duplicates: list[dict[str, str]] = field(default_factory=list)
     conflicts: list[dict[str, str]] = field(default_factory=list)
@@ -151,6 +154,7 @@ class IngestReport:
     repaired: str | None = None
     time_range: list[str] = field(default_factory=list)
     step_minutes: int | None = None
+    thinned_from_minutes: int | None = None  # the archive's own step, when thinned
 
     @property
     def complete(self) -> bool:
@@ -730,9 +734,20 @@ def _ingest_locked(out, files, scans, options, report, progress) -> IngestReport
     report.step_minutes = int(step) if step else None
     origin = (existing_times[0] if existing_times is not None
               else min((np.datetime64(k, "s") for k in new), default=None))  # fmt: skip
+    # a step asked for that is a multiple of the archive's own (--step-minutes 4 on 2-minute
+    # files) thins the archive: the frames between are left out on purpose, not skipped
+    # (later runs, file by file, keep thinning at the step the report remembers)
+    native = int(previous.get("thinned_from_minutes") or 0)
+    if options.step_minutes and len(new) > 1:
+        native = _infer_step([np.datetime64(k, "s") for k in new])
+    thin = bool(native) and bool(step) and native < step and step % native == 0
+    report.thinned_from_minutes = native if thin else None
     for t, s in list(new.items()):
         offset = (np.datetime64(t, "s") - origin).astype(np.int64)
-        if step and offset % (60 * step) != 0:
+        if thin and offset % (60 * step) != 0 and offset % (60 * native) == 0:
+            report.thinned.append({"file": s["file"], "time": t})
+            del new[t]
+        elif step and offset % (60 * step) != 0:
             reason = f"time {t} is not on the {step}-minute grid of the archive"
             report.skipped.append({"file": s["file"], "reason": reason})
             del new[t]
@@ -852,6 +867,7 @@ def _finish(report: IngestReport, out: Path, known: dict, previous: dict) -> Non
         "cube": str(out),
         "status": report.status,
         "step_minutes": report.step_minutes or previous.get("step_minutes"),
+        "thinned_from_minutes": report.thinned_from_minutes or previous.get("thinned_from_minutes"),
         "time_range": report.time_range,
         "gaps": report.gaps,
         "breaks": report.breaks,
@@ -865,5 +881,5 @@ def _finish(report: IngestReport, out: Path, known: dict, previous: dict) -> Non
 
 _RUN_SUMMARY = (
     "started", "status", "files_found", "new_frames", "filled_gaps", "unchanged", "skipped",
-    "ignored", "duplicates", "conflicts", "repaired",
+    "thinned", "ignored", "duplicates", "conflicts", "repaired",
 )  # fmt: skip

@@ -320,6 +320,41 @@ def test_a_file_off_the_time_grid_is_skipped_and_named(archive, tmp_path):
     assert report.new_frames == CONFIG.frames
 
 
+def test_a_step_that_is_a_multiple_of_the_archives_thins_it(tmp_path, capsys):
+    # --step-minutes 10 on 5-minute files keeps every other frame: a choice, not a failure
+    # (exit 0, no per-file warning); a later run without the option keeps thinning, and a
+    # frame off both grids is still skipped
+    import shutil
+
+    files = write_archive(dataclasses.replace(CONFIG, frames=12), tmp_path / "a")
+    first = tmp_path / "first"
+    first.mkdir()
+    for path in files[:7]:
+        shutil.copy(path, first / path.name)
+    store = tmp_path / "c.zarr"
+    code = main(["ingest", str(first), "--out", str(store), "--step-minutes", "10", "--quiet"])
+    out = capsys.readouterr()
+    assert code == 0 and "3 thinned to 10-minute steps" in out.out and "skipped " not in out.err
+    cube = validate_cube(open_cube(store))
+    assert cube.attrs["time_step_minutes"] == 10 and cube.sizes["time"] == 4
+    report = json.loads(report_path(store).read_text())
+    assert report["thinned_from_minutes"] == 5
+    assert len(report["last_run"]["thinned"]) == 3
+
+    later = tmp_path / "later"
+    later.mkdir()
+    for path in files[7:]:
+        shutil.copy(path, later / path.name)
+    (off,) = write_archive(dataclasses.replace(CONFIG, frames=1, start="2024-07-01T13:02"),
+                           tmp_path / "off")  # fmt: skip
+    shutil.copy(off, later / off.name)
+    run = ingest([later], store, IngestOptions(), progress=False)
+    assert run.new_frames == 2 and len(run.thinned) == 3  # 12:40, 12:50 in; 12:35/45/55 out
+    assert [Path(s["file"]).name for s in run.skipped] == [off.name]
+    assert "not on the 10-minute grid" in run.skipped[0]["reason"]
+    assert validate_cube(open_cube(store)).sizes["time"] == 6
+
+
 def test_frames_before_the_cube_are_refused_with_the_times(archive, tmp_path):
     files = sorted(archive.iterdir())
     store = tmp_path / "c.zarr"

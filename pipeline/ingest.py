@@ -749,6 +749,10 @@ def _ingest_locked(out, files, scans, options, report, progress) -> IngestReport
             del new[t]
         elif step and offset % (60 * step) != 0:
             reason = f"time {t} is not on the {step}-minute grid of the archive"
+            if native and native < step and not thin:  # an asked step the files cannot make
+                near = max(round(step / native), 1) * native
+                reason += (f" (its files step every {native} min: --step-minutes {near}, "
+                           "a multiple, would thin them)")  # fmt: skip
             report.skipped.append({"file": s["file"], "reason": reason})
             del new[t]
     if existing is not None and new:

@@ -353,6 +353,9 @@ def test_a_step_that_is_a_multiple_of_the_archives_thins_it(tmp_path, capsys):
     assert [Path(s["file"]).name for s in run.skipped] == [off.name]
     assert "not on the 10-minute grid" in run.skipped[0]["reason"]
     assert validate_cube(open_cube(store)).sizes["time"] == 6
+    # a step the files cannot make says which one would thin them
+    odd = ingest([later], tmp_path / "d.zarr", IngestOptions(step_minutes=12), progress=False)
+    assert "every 5 min: --step-minutes 10, a multiple" in odd.skipped[0]["reason"]
 
 
 def test_frames_before_the_cube_are_refused_with_the_times(archive, tmp_path):

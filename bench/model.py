@@ -16,7 +16,8 @@ this script never asserts on time.
 must be importable, e.g. installed from its repository or on ``PYTHONPATH``) at the same
 configuration, in the same process, in alternating rounds: same layers, hidden channels,
 filter, patch, frames, batch, optimiser and precision, ``layer_norm=0`` and its usual
-(non-reverse) scheduled sampling. The JSON adds its times and our speed-up over it.
+(non-reverse) scheduled sampling. The JSON adds its times and our speed-up over it; its peak
+memory then covers both models.
 """
 
 from __future__ import annotations

@@ -48,17 +48,6 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _timed(fn, device, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def _timed_rounds(fns, device, repeats: int) -> list[float]:
     """Median time of each function, timed in alternating rounds (drift hits all alike)."""
     times = [[] for _ in fns]
@@ -160,27 +149,27 @@ def run_case(name: str, device_name: str, precision: str, batch: int, repeats: i
         torch.cuda.reset_peak_memory_stats()
     train_step()  # warm-up (and compilation)
     infer()
-    other = None
+    train_fns, infer_fns, other = [train_step], [infer], None
     if against == "openstl":
         try:
             o_train, o_infer, o_params = _openstl_steps(config, batch, h, w, device, use_bf16)
         except ImportError as err:
             other = {"skipped": f"OpenSTL is not importable ({err})"}
         else:
-            o_train()
+            o_train()  # warm-up
             o_infer()
-            train_s, o_train_s = _timed_rounds([train_step, o_train], device, repeats)
-            infer_s, o_infer_s = _timed_rounds([infer, o_infer], device, repeats)
-            other = {
-                "params": o_params,
-                "train_step_s": round(o_train_s, 4),
-                "inference_latency_s": round(o_infer_s, 4),
-                "train_speedup": round(o_train_s / train_s, 3),
-                "inference_speedup": round(o_infer_s / infer_s, 3),
-            }
-    if other is None or "skipped" in other:
-        train_s = _timed(train_step, device, repeats)
-        infer_s = _timed(infer, device, repeats)
+            train_fns.append(o_train)
+            infer_fns.append(o_infer)
+    train_s, *o_train_s = _timed_rounds(train_fns, device, repeats)
+    infer_s, *o_infer_s = _timed_rounds(infer_fns, device, repeats)
+    if o_train_s:
+        other = {
+            "params": o_params,
+            "train_step_s": round(o_train_s[0], 4),
+            "inference_latency_s": round(o_infer_s[0], 4),
+            "train_speedup": round(o_train_s[0] / train_s, 3),
+            "inference_speedup": round(o_infer_s[0] / infer_s, 3),
+        }
     if device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:

@@ -191,6 +191,8 @@ def _positive(text: str) -> float:
 
 def _device(text: str) -> str:
     """A device name this machine has (checked before any work starts)."""
+    if text.strip().lower() in ("auto", "cpu"):  # every machine has these: no torch import
+        return text.strip().lower()
     from mimcast.models.device import resolve_device
 
     try:
@@ -364,12 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
     from mimcast.pipeline.defaults import (
         EVALUATE_EVERY,
         EVALUATE_METHODS,
+        INGEST_WAIT_S,
         MAP_LEADS,
+        MAX_GAP_MINUTES,
         NOWCAST_METHOD,
         SERVE_INTERVAL_MINUTES,
     )
     from mimcast.pipeline.forecasters import list_forecasters
-    from mimcast.pipeline.ingest import IngestOptions
     from mimcast.pipeline.zr import MARSHALL_PALMER
 
     try:
@@ -454,10 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--coarsen", type=_positive_int, default=1,
                    help="block-average factor (linear Z)")  # fmt: skip
-    p.add_argument("--max-gap-minutes", type=int, default=IngestOptions.max_gap_minutes,
+    p.add_argument("--max-gap-minutes", type=int, default=MAX_GAP_MINUTES,
                    metavar="MIN", help="fill gaps up to this long with NaN frames; longer "
                    "ones are breaks in the time axis (default %(default)s)")  # fmt: skip
-    p.add_argument("--wait", type=_non_negative, default=IngestOptions.wait_s, metavar="SECONDS",
+    p.add_argument("--wait", type=_non_negative, default=INGEST_WAIT_S, metavar="SECONDS",
                    help="wait this long for another ingest into the same cube to finish "
                    "(default %(default)s)")  # fmt: skip
     p.add_argument(

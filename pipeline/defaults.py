@@ -34,6 +34,10 @@ SHIPPED_CHECKPOINT = DATA / "mimnet_real.safetensors"
 #: The model of `mimcast demo`, trained on the synthetic storms the demo makes.
 SYNTHETIC_CHECKPOINT = DATA / "mimnet_synthetic.safetensors"
 
+# ---- ingest
+MAX_GAP_MINUTES = 360  # longer gaps are breaks in the time axis, not NaN frames
+INGEST_WAIT_S = 300.0  # how long an ingest waits for another one into the same cube
+
 # ---- nowcast
 NOWCAST_METHOD = "mimnet"  # forecast method of `mimcast nowcast` and the nowcast flow
 FALLBACK_METHOD = "extrapolation"  # what the nowcast flow uses when the model cannot load

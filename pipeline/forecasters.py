@@ -42,7 +42,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from mimcast.pipeline.cube import NO_ECHO_DBZ
 from mimcast.pipeline.defaults import (
     DEFAULT_LEADS,
     ECHO_THRESHOLD_DBZ,
@@ -50,6 +49,7 @@ from mimcast.pipeline.defaults import (
     MOTION_FRAMES,
     SHIPPED_CHECKPOINT,
 )
+from mimcast.pipeline.zr import NO_ECHO_DBZ
 
 #: redirect_stdout swaps the process-wide sys.stdout: threads must take turns around it
 STDOUT_LOCK = threading.Lock()

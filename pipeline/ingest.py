@@ -89,6 +89,7 @@ from mimcast.pipeline.cube import (
     store_state,
 )
 from mimcast.pipeline.cube import observed as cube_observed
+from mimcast.pipeline.defaults import INGEST_WAIT_S, MAX_GAP_MINUTES
 from mimcast.pipeline.readers import ReaderError, read
 from mimcast.pipeline.zr import MARSHALL_PALMER, ZR
 
@@ -114,9 +115,9 @@ class IngestOptions:
     batch: int = 8  # files scanned per dask batch (bounds memory in flight)
     scheduler: str | None = None  # threads, processes, synchronous, tcp://HOST:PORT; None:
     # MIMCAST_DASK_ADDRESS, else threads (see pipeline.compute)
-    max_gap_minutes: int = 360  # longer gaps are breaks in the axis, not NaN frames
+    max_gap_minutes: int = MAX_GAP_MINUTES  # longer gaps: breaks in the axis, not NaN frames
     cache_mb: int = 256  # decoded frames kept (compressed) from scan to write: read once
-    wait_s: float = 300.0  # how long to wait for another ingest into the same cube
+    wait_s: float = INGEST_WAIT_S  # how long to wait for another ingest into the same cube
 
     def __post_init__(self) -> None:
         for name in ("coarsen", "time_chunk", "space_chunk", "batch"):

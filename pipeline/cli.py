@@ -297,8 +297,16 @@ def _cmd_loao(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prefect_setup() -> None:
+    """Environment for commands that run flows (before Prefect is imported); the user's wins."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # never phone home
+    # Without PREFECT_API_URL, Prefect starts a temporary server and gives it 20 s to come
+    # up: it took 18 s on an idle 2-core machine, and failed the demo on a busy one
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    _prefect_setup()
     from mimcast.flows.serve import serve_all
 
     if not os.environ.get("MIMCAST_DEBUG"):
@@ -320,7 +328,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    _prefect_setup()
     from mimcast.flows.demo import demo_flow
 
     if not os.environ.get("MIMCAST_DEBUG"):

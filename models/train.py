@@ -280,6 +280,7 @@ class TrainResult:
     last: Path | None
     metrics: Path
     curves: Path | None
+    stopped: bool = False  # stopped at the deadline before max_steps (the same call resumes)
 
 
 def validate(
@@ -336,11 +337,16 @@ def train(
     extra: dict[str, Any] | None = None,
     progress: bool = True,
     inputs: InputConfig | None = None,
+    deadline_s: float | None = None,
 ) -> TrainResult:
     """Train MIMNet; resume from ``out_dir/state.safetensors`` when it exists.
 
     ``inputs`` is written into every checkpoint; without it, the checkpoints record the
     Eulerian normalisation ``dbz_range`` the data was scaled with.
+
+    ``deadline_s``: stop this call after the first step that ends this many seconds (wall
+    clock) after it started; that step is validated and checkpointed like the last one, so
+    the same call resumes the run exactly. All processes of a DDP run stop at the same step.
     """
     inputs = inputs or InputConfig(float(dbz_range[0]), float(dbz_range[1]))
     env = _setup(config)
@@ -380,8 +386,9 @@ def train(
     best_path = out / "best.safetensors" if (out / "best.safetensors").exists() else None
     last_path, started = None, time.monotonic()
     n_in = model_config.input_length
+    stopped = False
     try:
-        while step < config.max_steps:
+        while step < config.max_steps and not stopped:
             sampler.set_position(epoch, position * config.batch_size)
             if hasattr(train_set, "set_epoch"):  # per-epoch augmentation (PackDataset)
                 train_set.set_epoch(epoch)
@@ -417,18 +424,22 @@ def train(
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
-                if step % config.val_every == 0 or step == config.max_steps:
+                stopped = _past(deadline_s, started, env) and step < config.max_steps
+                end = stopped or step == config.max_steps
+                if step % config.val_every == 0 or end:
                     best, best_path, last_path = _validate_and_save(
                         env, model, net, val_loader, model_config, config, dbz_range, out,
                         step, best, best_path, metrics, extra, inputs,
                     )  # fmt: skip
-                if env.main and (step % config.checkpoint_every == 0 or step == config.max_steps):
+                if env.main and (step % config.checkpoint_every == 0 or end):
                     _save_state(state_path, model, opt, sched, gen,
                                 {"step": step, "epoch": epoch, "position": position,
                                  "best": best})  # fmt: skip
+                if env.main and stopped:
+                    _log(metrics, {"step": step, "event": "deadline", "deadline_s": deadline_s})
                 if env.world > 1:
                     dist.barrier()
-                if step >= config.max_steps:
+                if end:
                     break
             else:
                 epoch, position = epoch + 1, 0
@@ -438,7 +449,19 @@ def train(
         if metrics is not None:
             metrics.close()
     curves = plot_curves(metrics_path, out / "training_curves.png") if env.main else None
-    return TrainResult(step, best, best_path, last_path, metrics_path, curves)
+    return TrainResult(step, best, best_path, last_path, metrics_path, curves, stopped)
+
+
+def _past(deadline_s: float | None, started: float, env: _Dist) -> bool:
+    """Whether the deadline has passed; under DDP, whether it has for any process."""
+    if deadline_s is None:
+        return False
+    late = time.monotonic() - started >= deadline_s
+    if env.world > 1:  # the ranks' clocks differ slightly: stop together or the barrier hangs
+        flag = torch.tensor([float(late)], device=env.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        late = bool(flag.item())
+    return late
 
 
 def _validate_and_save(env, model, net, val_loader, model_config, config, dbz_range, out, step,

@@ -220,10 +220,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from mimcast.pipeline.training import load_run_config, run_training
 
     config = load_run_config(args.config, max_steps=args.max_steps, device=args.device)
-    result = run_training(args.cubes, args.out, config, progress=_progress(args))
+    result = run_training(args.cubes, args.out, config, progress=_progress(args),
+                          deadline_s=args.deadline_s)  # fmt: skip
     if int(os.environ.get("RANK", "0")) == 0:
         best = f"{result.best_val_mse:.2f} dBZ²" if result.best_val_mse is not None else "n/a"
         print(f"trained to step {result.step}; best validation MSE {best}")
+        if result.stopped:
+            print(f"stopped at the deadline ({args.deadline_s:g} s) before step "
+                  f"{config.train.max_steps}: run the same command to go on")  # fmt: skip
         print(f"checkpoints: {result.best}  {result.last}")
         print(f"metrics: {result.metrics}  curves: {result.curves}")
     return 0
@@ -277,7 +281,7 @@ def _cmd_loao(args: argparse.Namespace) -> int:
         fold, _, variant = args.only.partition("/")
         names = [loao.archive_name(c) for c in args.cubes]
         loao.train_one(out / "pack.npz", out, config, fold, variant, names, exclude,
-                       progress=_progress(args))  # fmt: skip
+                       progress=_progress(args), deadline_s=args.deadline_s)  # fmt: skip
         return 0
     if args.stage in ("pack", "all"):
         print(f"pack: {loao.build(args.cubes, out, config, progress=_progress(args))}")
@@ -490,6 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "default: the shipped data/train.toml")  # fmt: skip
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
     p.add_argument("--max-steps", type=_positive_int, help="override [train] max_steps")
+    p.add_argument("--deadline-s", type=_positive, metavar="SECONDS",
+                   help="stop after this long, validated and checkpointed where it is; the "
+                   "same command goes on (for sessions or job slots of fixed length)")  # fmt: skip
     p.add_argument("--device", type=_device,
                    help="override [train] device (auto, cpu, cuda, cuda:1)")  # fmt: skip
     p.set_defaults(func=_cmd_train)
@@ -566,7 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="archives the final model leaves out (default rmi: non-commercial "
                    "terms); 'none' for none")  # fmt: skip
     p.add_argument("--jobs", type=_positive_int, default=1, help="training processes at once")
-    p.add_argument("--deadline-s", type=float, help="stop training runs after this long")
+    p.add_argument("--deadline-s", type=_positive, metavar="SECONDS",
+                   help="stop training after this long: each run validates and checkpoints "
+                   "where it is, runs not started are left; the same command goes on")  # fmt: skip
     p.add_argument("--max-steps", type=_positive_int, help="override [train] max_steps")
     p.add_argument("--final-max-steps", type=_positive_int, help="max_steps of the final model")
     p.add_argument("--max-refs", type=_positive_int, default=6,

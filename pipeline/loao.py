@@ -7,7 +7,8 @@
    pack without that archive into ``DIR/folds/<archive>/<variant>/``; with ``final``, also
    train the model to ship on every archive except ``exclude`` into ``DIR/final/<variant>/``.
    Runs resume from their state; ``jobs`` trains several at once (one process each, for a
-   GPU), ``deadline_s`` stops them in time (each keeps its best validated checkpoint).
+   GPU). ``deadline_s`` stops the stage in time: each run stops itself at the deadline,
+   validated and checkpointed, and runs not yet started are left; the same command goes on.
 3. ``evaluate``: ``mimcast evaluate`` on each left-out archive with its fold's models
    (each with and without probability matching) against persistence, extrapolation and
    S-PROG, on the same pixels; then pool the scores of every archive per lead *step*
@@ -23,8 +24,6 @@ import copy
 import csv
 import dataclasses
 import logging
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -64,7 +63,7 @@ def build(cubes: list[str], out: Path, config, progress: bool = True) -> Path:
 
 def train_one(pack: Path, out: Path, config, fold: str, variant: str, names: list[str],
               exclude: tuple[str, ...] = (), device: str | None = None,
-              progress: bool = False):  # fmt: skip
+              progress: bool = False, deadline_s: float | None = None):  # fmt: skip
     """Train one fold (``fold``: the archive left out, or ``final``) and variant."""
     from mimcast.pipeline.training import train_from_pack
 
@@ -74,7 +73,7 @@ def train_one(pack: Path, out: Path, config, fold: str, variant: str, names: lis
         keep = [k for k, n in enumerate(names) if n != fold]
     cfg = _variant_config(config, variant)
     return train_from_pack(pack, run_dir(out, fold, variant), cfg, cubes=keep,
-                           progress=progress, device=device)  # fmt: skip
+                           progress=progress, device=device, deadline_s=deadline_s)  # fmt: skip
 
 
 def train_all(
@@ -98,27 +97,43 @@ def train_all(
     if final:
         runs = [("final", variants[0]), *runs]
     pack = out / "pack.npz"
-    if jobs <= 1 and deadline_s is None:
-        for fold, variant in runs:
-            cfg = config
-            if fold == "final" and final_max_steps:
-                cfg = dataclasses.replace(cfg, train=dataclasses.replace(
-                    cfg.train, max_steps=final_max_steps))  # fmt: skip
-            train_one(pack, out, cfg, fold, variant, names, exclude, progress=progress)
-        return runs
     started = time.monotonic()
+
+    def left() -> float | None:  # seconds to the deadline
+        return None if deadline_s is None else deadline_s - (time.monotonic() - started)
+
+    def steps_of(fold: str) -> int | None:
+        return final_max_steps if fold == "final" and final_max_steps else max_steps
+
+    if jobs <= 1:
+        for fold, variant in runs:
+            if (remaining := left()) is not None and remaining <= 0:
+                log.info(f"deadline: {fold}/{variant} and the runs after it left for later")
+                break
+            cfg = config
+            if steps := steps_of(fold):
+                cfg = dataclasses.replace(cfg, train=dataclasses.replace(
+                    cfg.train, max_steps=steps))  # fmt: skip
+            train_one(pack, out, cfg, fold, variant, names, exclude, progress=progress,
+                      deadline_s=remaining)  # fmt: skip
+        return runs
     pending, running = list(runs), []
     while pending or running:
         while pending and len(running) < jobs:
+            if (remaining := left()) is not None and remaining <= 0:
+                log.info(f"deadline: {len(pending)} run(s) left for later")
+                pending.clear()
+                break
             fold, variant = pending.pop(0)
-            steps = final_max_steps if fold == "final" and final_max_steps else max_steps
             cmd = [sys.executable, "-m", "mimcast.pipeline.cli", "loao", *cubes, "--out",
                    str(out), "--stage", "train", "--only", f"{fold}/{variant}", "--quiet",
                    "--exclude", *(exclude or ("none",))]  # fmt: skip
             if config_path:
                 cmd += ["--config", config_path]
-            if steps:
+            if steps := steps_of(fold):
                 cmd += ["--max-steps", str(steps)]
+            if remaining is not None:
+                cmd += ["--deadline-s", f"{remaining:.3f}"]
             where = run_dir(out, fold, variant)
             where.mkdir(parents=True, exist_ok=True)
             proc = subprocess.Popen(cmd, stdout=(where / "train.log").open("a"),
@@ -127,19 +142,12 @@ def train_all(
             if progress:
                 log.info(f"training {fold}/{variant} (pid {proc.pid})")
         time.sleep(2)
-        late = deadline_s is not None and time.monotonic() - started > deadline_s
         for item in list(running):
             proc, fold, variant = item
-            if late and proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait()
-                log.info(f"{fold}/{variant} stopped at the deadline")
             if proc.poll() is not None:
                 running.remove(item)
                 if progress:
                     log.info(f"{fold}/{variant} ended ({proc.returncode})")
-        if late:
-            pending.clear()
     return runs
 
 

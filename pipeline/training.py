@@ -76,11 +76,14 @@ def run_training(
     config: RunConfig,
     *,
     progress: bool = True,
+    deadline_s: float | None = None,
 ) -> TrainResult:
     """Train MIMNet on ``cubes`` with ``config``; resume when ``out_dir`` holds a state.
 
     With ``[data] frame = "lagrangian"`` (or augmentation, or ``min_targets``) the windows are
     first cut into a pack (``out_dir/pack.npz``, reused on resume) and trained from it.
+    ``deadline_s``: stop training that long after it started, checkpointed so that the same
+    call goes on (:func:`mimcast.models.train.train`).
     """
     for cube in cubes:
         if not Path(cube).exists():
@@ -93,13 +96,13 @@ def run_training(
         pack = out / "pack.npz"
         if not pack.exists():
             build_pack(cubes, pack, config.data.pack_config(), progress=progress)
-        return train_from_pack(pack, out, config, progress=progress)
+        return train_from_pack(pack, out, config, progress=progress, deadline_s=deadline_s)
     from mimcast.pipeline.sequences import RadarSequenceDataset
 
     train_set = RadarSequenceDataset(cubes, config.data, "train")
     val_set = RadarSequenceDataset(cubes, config.data, "val")
     _check_sizes(train_set, val_set, [str(c) for c in cubes], config)
-    return _train(train_set, val_set, [str(c) for c in cubes], out, config, progress)
+    return _train(train_set, val_set, [str(c) for c in cubes], out, config, progress, deadline_s)
 
 
 def train_from_pack(
@@ -110,6 +113,7 @@ def train_from_pack(
     cubes: list[int] | None = None,
     progress: bool = True,
     device: str | None = None,
+    deadline_s: float | None = None,
 ) -> TrainResult:
     """Train from a pack (``pipeline.packs``), optionally on a subset of its cubes.
 
@@ -136,7 +140,7 @@ def train_from_pack(
     names = train_set.cube_names()
     used = [names[k] for k in (cubes if cubes is not None else range(len(names)))]
     _check_sizes(train_set, val_set, used, config)
-    return _train(train_set, val_set, used, Path(out_dir), config, progress)
+    return _train(train_set, val_set, used, Path(out_dir), config, progress, deadline_s)
 
 
 def _check_sizes(train_set, val_set, cubes: list[str], config: RunConfig) -> None:
@@ -154,7 +158,8 @@ def _check_sizes(train_set, val_set, cubes: list[str], config: RunConfig) -> Non
         )
 
 
-def _train(train_set, val_set, cubes: list[str], out: Path, config: RunConfig, progress: bool):
+def _train(train_set, val_set, cubes: list[str], out: Path, config: RunConfig, progress: bool,
+           deadline_s: float | None = None):  # fmt: skip
     import json
 
     from mimcast.models.checkpoint import InputConfig
@@ -175,4 +180,5 @@ def _train(train_set, val_set, cubes: list[str], out: Path, config: RunConfig, p
     return train(
         config.model, config.train, train_set, val_set, out,
         dbz_range=(data.dbz_min, data.dbz_max), extra=extra, progress=progress, inputs=inputs,
+        deadline_s=deadline_s,
     )  # fmt: skip

@@ -143,10 +143,10 @@ def test_killed_run_resumes_to_the_same_weights(cube, config_file, tmp_path, fra
         config_file.write_text(
             TINY_TOML.replace("[data]\n", '[data]\nframe = "lagrangian"\naugment = true\n')
         )
-    cmd = _train_cmd(cube, config_file, tmp_path / "straight", 20)
-    straight = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO, timeout=600)
-    assert straight.returncode == 0, straight.stderr[-2000:]
-
+    # the straight run and the one to kill run side by side (one thread each)
+    straight = subprocess.Popen(_train_cmd(cube, config_file, tmp_path / "straight", 20),
+                                env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
     out = tmp_path / "killed"
     proc = subprocess.Popen(_train_cmd(cube, config_file, out, 20), env=env, cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -167,6 +167,8 @@ def test_killed_run_resumes_to_the_same_weights(cube, config_file, tmp_path, fra
         json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()
     )
     assert 12 <= state_step < 20, "the run must be killed mid-way"
+    _, err = straight.communicate(timeout=600)
+    assert straight.returncode == 0, err[-2000:]
 
     resumed = subprocess.run(_train_cmd(cube, config_file, out, 20), env=env,
                              capture_output=True, text=True, cwd=REPO, timeout=600)  # fmt: skip
@@ -178,6 +180,30 @@ def test_killed_run_resumes_to_the_same_weights(cube, config_file, tmp_path, fra
         assert torch.equal(wa, wb), name
     steps = [r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
     assert steps == sorted(set(steps)) and steps[-1] == 20  # the log continues, no repeats
+
+
+def test_a_deadline_stops_the_run_checkpointed_and_the_same_command_goes_on(
+    cube, config_file, tmp_path
+):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = _train_cmd(cube, config_file, out, 8)
+    first = subprocess.run([*cmd, "--deadline-s", "0.001"], env=env, capture_output=True,
+                           text=True, cwd=REPO, timeout=600)  # fmt: skip
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "trained to step 1;" in first.stdout and "stopped at the deadline" in first.stdout
+    records = read_metrics(out / "metrics.jsonl")
+    assert records[-1] == {"step": 1, "event": "deadline", "deadline_s": 0.001}
+    # the step it stopped at is validated and checkpointed, though 1 is no multiple of 5 or 50
+    assert [r["step"] for r in records if r.get("event") == "validation"] == [1]
+    assert load_checkpoint(out / "last.safetensors")[1]["step"] == 1
+    assert (out / "state.safetensors").exists()
+
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "trained to step 8;" in second.stdout and "stopped at" not in second.stdout
+    steps = [r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+    assert steps[0] == 1 and steps[-1] == 8 and steps == sorted(set(steps))
 
 
 def test_torchrun_two_processes_on_cpu(cube, config_file, tmp_path):

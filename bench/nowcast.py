@@ -81,7 +81,6 @@ def model_work(fc, inputs, device: str) -> tuple[float, float]:
 
 
 def main(argv=None) -> int:
-    import numpy as np
     import torch
 
     from mimcast.models.device import bf16_native
@@ -125,8 +124,6 @@ def main(argv=None) -> int:
         latency: dict[str, float] = {}
         cube = synthetic_cube(SyntheticConfig(height=size, width=size, seed=1,
                                               frames=n_inputs))  # fmt: skip
-        cube = cube.assign(observed=("time", np.ones(cube.sizes["time"], bool)))
-        cube.attrs["time_step_minutes"] = 5
         with tempfile.TemporaryDirectory() as tmp:
             store = Path(tmp) / "cube.zarr"
             cube.to_zarr(store, consolidated=False)

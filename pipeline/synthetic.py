@@ -428,14 +428,20 @@ def iter_frames(config: SyntheticConfig) -> Iterator[tuple[np.datetime64, np.nda
 
 
 def synthetic_cube(config: SyntheticConfig | None = None) -> xr.Dataset:
-    """Return the synthetic archive as an in-memory radar cube (no files written)."""
+    """Return the synthetic archive as an in-memory radar cube (no files written).
+
+    Like a cube that ``mimcast ingest`` wrote from its files: every frame observed, and the
+    time step recorded.
+    """
     config = config or SyntheticConfig()
     x, y, crs = grid(config)
     stamps, frames = [], []
     for when, counts in iter_frames(config):
         stamps.append(when)
         frames.append(decode(counts))
-    return build_cube(np.stack(frames), stamps, x, y, crs, source="mimcast synthetic storms")
+    cube = build_cube(np.stack(frames), stamps, x, y, crs, source="mimcast synthetic storms")
+    cube = cube.assign(observed=("time", np.ones(len(stamps), bool)))
+    return cube.assign_attrs(time_step_minutes=int(config.step_minutes))
 
 
 # --------------------------------------------------------------------------------------------

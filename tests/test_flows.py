@@ -38,7 +38,6 @@ def harness():
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("flows")
     cube = synthetic_cube(SyntheticConfig(height=48, width=64, frames=14, seed=9))
-    cube = cube.assign(observed=("time", np.ones(14, bool))).assign_attrs(time_step_minutes=5)
     cube.to_zarr(root / "cube.zarr", consolidated=False)
     holey = cube.copy(deep=True)
     observed = np.ones(14, bool)

@@ -64,8 +64,6 @@ def _pack(tmp_path, **synthetic):
     from mimcast.pipeline.synthetic import SyntheticConfig, synthetic_cube
 
     cube = synthetic_cube(SyntheticConfig(**synthetic))
-    cube = cube.assign(observed=("time", np.ones(cube.sizes["time"], bool)))
-    cube = cube.assign_attrs(time_step_minutes=5)
     store = tmp_path / "c.zarr"
     cube.to_zarr(store, consolidated=False)
     config = PackConfig(n_inputs=4, n_outputs=6, patch=32, stride=16, min_coverage=0.01)

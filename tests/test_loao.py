@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from mimcast.pipeline.synthetic import SyntheticConfig, synthetic_cube
@@ -45,8 +44,7 @@ bf16 = false
 def _cube(path: Path, frames: int, seed: int) -> Path:
     cube = synthetic_cube(SyntheticConfig(height=64, width=64, frames=frames, seed=seed,
                                           cell_rate=3.0))  # fmt: skip
-    cube = cube.assign(observed=("time", np.ones(frames, bool)))
-    cube.assign_attrs(time_step_minutes=5).to_zarr(path, consolidated=False)
+    cube.to_zarr(path, consolidated=False)
     return path
 
 

@@ -41,8 +41,7 @@ TINY = MIMNetConfig(input_length=4, output_length=3, num_layers=2, num_hidden=8,
 
 @pytest.fixture(scope="module")
 def cube():
-    ds = synthetic_cube(SyntheticConfig(height=64, width=80, frames=10, seed=5))
-    return ds.assign(observed=("time", np.ones(10, bool))).assign_attrs(time_step_minutes=5)
+    return synthetic_cube(SyntheticConfig(height=64, width=80, frames=10, seed=5))
 
 
 @pytest.fixture(scope="module")
@@ -277,7 +276,6 @@ def test_maps_draw_the_shipped_coastlines_and_borders(tmp_path, monkeypatch):
 
     # 400 km around 52N 10E: the German North Sea coast and the Dutch border are on the map
     big = synthetic_cube(SyntheticConfig(height=400, width=400, frames=2, seed=3))
-    big = big.assign(observed=("time", np.ones(2, bool))).assign_attrs(time_step_minutes=5)
     forecast = nowcast(big, get_forecaster("persistence"), NowcastOptions(leads=1))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "coastlines missing" warning any more

@@ -499,7 +499,6 @@ def test_a_full_disk_while_writing_a_nowcast_is_one_line_and_keeps_the_old_file(
 def test_a_nowcast_from_inputs_without_a_valid_pixel_fails_and_writes_nothing(tmp_path):
     cube = synthetic_cube(dataclasses.replace(CONFIG, frames=6))
     cube["reflectivity"][-2:] = np.nan  # the feed broke: frames arrive, but empty
-    cube = cube.assign(observed=("time", np.ones(6, bool))).assign_attrs(time_step_minutes=5)
     cube.to_zarr(tmp_path / "c.zarr", consolidated=False)
     result = cli("nowcast", tmp_path / "c.zarr", "--method", "extrapolation", "--out",
                  tmp_path / "out")  # fmt: skip

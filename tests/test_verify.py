@@ -93,8 +93,7 @@ def advection_cube():
                              stratiform_fraction=0.3, stratiform_evolution_frames=1e9,
                              wind_variation=0.0, speckle_fraction=0.0, wind_u=12.0, wind_v=-6.0,
                              texture=0.4, radars=1, coverage_radius=1.0)  # fmt: skip
-    cube = synthetic_cube(config)
-    return cube.assign(observed=("time", np.ones(30, bool)))
+    return synthetic_cube(config)
 
 
 def test_extrapolation_beats_persistence_on_pure_advection(advection_cube):
@@ -132,7 +131,7 @@ def test_evaluate_writes_scores_report_and_plots(advection_cube, tmp_path):
     from mimcast.pipeline.cli import main
 
     store = tmp_path / "c.zarr"
-    advection_cube.assign_attrs(time_step_minutes=5).to_zarr(store, consolidated=False)
+    advection_cube.to_zarr(store, consolidated=False)
     torch.manual_seed(0)
     tiny = MIMNet(MIMNetConfig(input_length=4, output_length=6, num_layers=2, num_hidden=8,
                                filter_size=3, patch_size=4))  # fmt: skip

@@ -69,6 +69,7 @@ class TrainConfig:
     log_every: int = 10  # log training loss every N steps
     num_workers: int = 0  # DataLoader worker processes
     seed: int = 0  # seeds weights, data order and sampling masks
+    balance_archives: bool = False  # each cube drawn equally often per epoch (small repeated)
     compile: bool = False  # torch.compile the per-step computation
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower)
@@ -157,12 +158,20 @@ class EpochSampler:
 
     Epoch ``e`` visits ``permutation(seed + e)[rank::world_size]`` (padded so every rank gets
     the same number of samples), starting at ``start`` samples into it.
+
+    ``groups`` (one label per sample, e.g. its archive): an epoch still has ``n`` samples, but
+    each group fills an equal share of it, going round a permutation of its own samples (a
+    small group's samples repeat, a large group's are a different subset each epoch).
     """
 
-    def __init__(self, n: int, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, n: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 groups: np.ndarray | None = None) -> None:  # fmt: skip
         if n < 1:
             raise ValueError("EpochSampler: the dataset is empty")
+        if groups is not None and len(groups) != n:
+            raise ValueError(f"EpochSampler: {len(groups)} group labels for {n} samples")
         self.n, self.seed, self.rank, self.world_size = n, seed, rank, world_size
+        self.groups = None if groups is None else np.asarray(groups)
         self.epoch, self.start = 0, 0
 
     def set_position(self, epoch: int, start: int) -> None:
@@ -174,7 +183,15 @@ class EpochSampler:
         return -(-self.n // self.world_size)
 
     def __iter__(self) -> Iterator[int]:
-        order = np.random.default_rng(self.seed + self.epoch).permutation(self.n)
+        rng = np.random.default_rng(self.seed + self.epoch)
+        if self.groups is None:
+            order = rng.permutation(self.n)
+        else:
+            labels = np.unique(self.groups)
+            share = -(-self.n // len(labels))
+            members = [rng.permutation(np.flatnonzero(self.groups == g)) for g in labels]
+            order = rng.permutation(np.concatenate([np.resize(m, share) for m in members]))
+            order = order[: self.n]
         total = self.per_rank() * self.world_size
         order = np.resize(order, total)  # pad by wrapping, as DistributedSampler does
         mine = order[self.rank :: self.world_size]
@@ -374,7 +391,10 @@ def train(
         ids = [env.device.index] if env.device.type == "cuda" else None
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
-    sampler = EpochSampler(len(train_set), config.seed, env.rank, env.world)
+    groups = None
+    if config.balance_archives:  # items of both datasets start with their cube's index
+        groups = np.array([item[0] for item in train_set.items])
+    sampler = EpochSampler(len(train_set), config.seed, env.rank, env.world, groups=groups)
     val_loader = DataLoader(val_set, batch_size=config.batch_size, shuffle=False,
                             num_workers=config.num_workers) if len(val_set) else None  # fmt: skip
     bar = None

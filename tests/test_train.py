@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -95,6 +96,24 @@ def test_sampler_is_reproducible_sharded_and_resumable():
     assert sorted(list(r0) + list(r1)) == list(range(10)) and len(r0) == 5
 
 
+def test_balanced_sampling_draws_each_archive_equally_and_still_resumes():
+    groups = np.array([0] * 90 + [1] * 10)  # one archive with 9x the windows of the other
+    s = EpochSampler(100, seed=3, groups=groups)
+    epochs = []
+    for e in range(2):
+        s.set_position(e, 0)
+        epochs.append(list(s))
+    for order in epochs:
+        assert len(order) == 100
+        assert (groups[order] == 1).sum() == 50  # not 10: the small archive repeats 5 times
+        assert len(set(order) & set(range(90, 100))) == 10
+    assert set(epochs[0]) & set(range(90)) != set(epochs[1]) & set(range(90))  # new subsets
+    s.set_position(1, 37)
+    assert list(s) == epochs[1][37:]
+    r0, r1 = EpochSampler(100, 3, 0, 2, groups), EpochSampler(100, 3, 1, 2, groups)
+    assert sorted(list(r0) + list(r1)) == sorted(epochs[0])
+
+
 def test_config_rejects_unknown_keys_and_inconsistent_lengths(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[train]\nlearning_rate = 0.1\n")
@@ -140,8 +159,10 @@ def test_killed_run_resumes_to_the_same_weights(cube, config_file, tmp_path, fra
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if frame != "eulerian":  # through a pack, with random rotations and flips
         config_file = tmp_path / "lagrangian.toml"
-        config_file.write_text(
-            TINY_TOML.replace("[data]\n", '[data]\nframe = "lagrangian"\naugment = true\n')
+        config_file.write_text(  # and drawing each archive equally often
+            TINY_TOML.replace("[data]\n", '[data]\nframe = "lagrangian"\naugment = true\n').replace(
+                "[train]\n", "[train]\nbalance_archives = true\n"
+            )
         )
     # the straight run and the one to kill run side by side (one thread each)
     straight = subprocess.Popen(_train_cmd(cube, config_file, tmp_path / "straight", 20),

@@ -272,10 +272,15 @@ class _Dist:
         return self.rank == 0
 
 
+def train_device(config: TrainConfig) -> torch.device:
+    """The device this process trains on: under torchrun, the GPU of its ``LOCAL_RANK``."""
+    return resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
+
+
 def _setup(config: TrainConfig) -> _Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(config.device, local_rank)
+    device = train_device(config)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":

@@ -117,17 +117,16 @@ def train_from_pack(
 ) -> TrainResult:
     """Train from a pack (``pipeline.packs``), optionally on a subset of its cubes.
 
-    On a GPU the windows are prepared once on the device (``PackDataset(device=...)``).
+    On a GPU the windows are prepared once on the device (``PackDataset(device=...)``): the
+    one this process trains on, so that under torchrun each rank keeps its pack on its own GPU.
     """
-    import torch
-
+    from mimcast.models.train import train_device
     from mimcast.pipeline.packs import PackDataset
 
     data = config.data
     if device is None:
-        wanted = config.train.device
-        if wanted.startswith("cuda") or (wanted == "auto" and torch.cuda.is_available()):
-            device = "cuda" if wanted == "auto" else wanted
+        where = train_device(config.train)
+        device = str(where) if where.type == "cuda" else None
     common = {"frame": data.frame, "dbz_range": (data.dbz_min, data.dbz_max), "cubes": cubes,
               "device": device}  # fmt: skip
     train_set = PackDataset(pack, "train", augment=data.augment, seed=config.train.seed, **common)

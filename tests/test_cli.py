@@ -35,6 +35,26 @@ def test_every_command_has_help(capsys):
         assert "usage: mimcast" in out and "--help" in out
 
 
+def test_help_and_usage_errors_do_not_import_the_heavy_libraries():
+    # what makes 'mimcast --help' or a typo answer in a fraction of a second, not seconds
+    probe = (
+        "import sys\n"
+        "from mimcast.pipeline.cli import main\n"
+        "for argv in (['--help'], ['nowcast', '--help'], ['train', 'c.zarr', '--out', 'r', "
+        "'--device', 'cpu', '--max-steps', '0']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "heavy = {'torch', 'xarray', 'dask', 'pandas', 'pysteps', 'prefect'}\n"
+        "print('heavy:', sorted(heavy & set(sys.modules)))\n"
+    )  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            timeout=120)  # fmt: skip
+    assert "must be >= 1" in result.stderr  # the usage error did happen
+    assert result.stdout.strip().endswith("heavy: []"), result.stdout[-500:]
+
+
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [

@@ -336,7 +336,10 @@ def test_train_flow_trains_and_reports_its_checkpoints(harness, assets, tmp_path
         "min_coverage = 0.0\ntrain = 0.45\nval = 0.5\nbuffer = 0\n"
         "[train]\nbatch_size = 2\nval_every = 2\nval_batches = 1\nbf16 = false\n"
     )
-    result = train_flow(cubes=[str(root / "cube.zarr")], out_dir=str(tmp_path / "run"),
-                        config=str(config), max_steps=2)  # fmt: skip
-    assert result["step"] == 2 and Path(result["best"]).exists()
+    run = {"cubes": [str(root / "cube.zarr")], "out_dir": str(tmp_path / "run"),
+           "config": str(config), "max_steps": 2}  # fmt: skip
+    first = train_flow(**run, deadline_s=0.001)  # a slot that ends at once: one step
+    assert first["step"] == 1 and first["stopped"] and Path(first["best"]).exists()
+    result = train_flow(**run)  # the next run goes on from the checkpoint
+    assert result["step"] == 2 and not result["stopped"] and Path(result["best"]).exists()
     assert result["best_val_mse"] is not None and np.isfinite(result["best_val_mse"])

@@ -133,7 +133,7 @@ def train_all(
             if steps := steps_of(fold):
                 cmd += ["--max-steps", str(steps)]
             if remaining is not None:
-                cmd += ["--deadline-s", f"{remaining:.3f}"]
+                cmd += ["--deadline-s", repr(remaining)]  # > 0: not rounded to "0.000"
             where = run_dir(out, fold, variant)
             where.mkdir(parents=True, exist_ok=True)
             proc = subprocess.Popen(cmd, stdout=(where / "train.log").open("a"),

@@ -239,7 +239,7 @@ def _cmd_nowcast(args: argparse.Namespace) -> int:
     out = run_nowcast(
         args.cube, args.out, method=args.method, checkpoint=args.checkpoint, time=args.time,
         plot=args.plot, leads=tuple(args.leads), source=args.source, device=args.device,
-        steps=args.steps, geotiff=args.geotiff,
+        steps=args.steps, geotiff=args.geotiff, min_step_minutes=args.min_step_minutes,
     )  # fmt: skip
     print(f"{out.method} nowcast from {out.reference_time} UTC: {out.netcdf.resolve()}")
     for png in out.pngs:
@@ -259,6 +259,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         args.cube, args.out, methods=tuple(args.methods), checkpoint=args.checkpoint,
         postprocess=post, start=args.start, end=args.end, every=args.every, leads=args.steps,
         scheduler=args.scheduler, device=args.device, progress=_progress(args),
+        min_step_minutes=args.min_step_minutes,
     )  # fmt: skip
     print(f"{out.n_forecasts} forecasts scored per method")
     print(f"scores: {out.scores_csv.resolve()}")
@@ -359,7 +360,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _add_model_inputs(p: argparse.ArgumentParser) -> None:
     """The arguments every command that runs forecast methods takes."""
-    from mimcast.pipeline.defaults import DEFAULT_LEADS
+    from mimcast.pipeline.defaults import DEFAULT_LEADS, MODEL_MIN_STEP_MINUTES
 
     p.add_argument("cube", metavar="CUBE", help="Zarr cube from 'mimcast ingest'")
     p.add_argument("--checkpoint", help="model checkpoint for 'mimnet' (default: the shipped "
@@ -369,6 +370,11 @@ def _add_model_inputs(p: argparse.ArgumentParser) -> None:
                    f"{DEFAULT_LEADS} for methods without one)")  # fmt: skip
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--device", default="auto", type=_device, help="auto, cpu, cuda, cuda:1")
+    p.add_argument("--min-step-minutes", type=_non_negative, default=MODEL_MIN_STEP_MINUTES,
+                   metavar="MIN", help="MIMNet runs on every k-th frame of archives with "
+                   "shorter steps, so that a model step lasts at least MIN minutes; the leads "
+                   f"in between are interpolated (default {MODEL_MIN_STEP_MINUTES:g}; 0: every "
+                   "frame)")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,8 +15,8 @@ import numpy as np
 import xarray as xr
 
 from mimcast.pipeline.cube import VARIABLE, open_cube, step_minutes
-from mimcast.pipeline.defaults import EVALUATE_EVERY, EVALUATE_METHODS
-from mimcast.pipeline.forecasters import get_forecaster
+from mimcast.pipeline.defaults import EVALUATE_EVERY, EVALUATE_METHODS, MODEL_MIN_STEP_MINUTES
+from mimcast.pipeline.forecasters import at_time_step, get_forecaster
 
 
 @dataclass
@@ -49,12 +49,13 @@ def build_forecasters(
     checkpoint: str | Path | None = None,
     device: str = "auto",
     postprocess: str | None = None,
+    min_step_minutes: float = MODEL_MIN_STEP_MINUTES,
 ) -> dict[str, Any]:
     """Build the registered ``methods`` (labels = names) with one set of options."""
     if not methods:
         raise ValueError("no forecast method to evaluate")
     options = {"checkpoint": str(checkpoint) if checkpoint else None, "device": device,
-               "postprocess": postprocess}  # fmt: skip
+               "postprocess": postprocess, "min_step_minutes": min_step_minutes}  # fmt: skip
     return {name: get_forecaster(name, **options) for name in dict.fromkeys(methods)}
 
 
@@ -77,6 +78,8 @@ def plan_evaluation(
     if every < 1:
         raise ValueError(f"every={every}: must be >= 1")
     cube = open_cube(cube_path)
+    step = step_minutes(cube)
+    forecasters = {label: at_time_step(fc, step) for label, fc in forecasters.items()}
     n_in = max(fc.input_frames for fc in forecasters.values())
     horizons = [fc.max_leads for fc in forecasters.values() if fc.max_leads is not None]
     n_out = leads or (min(horizons) if horizons else
@@ -92,8 +95,7 @@ def plan_evaluation(
             f"{n_in} observed input and {n_out} observed target frames"
         )
     stamps = tuple(str(np.datetime64(r, "m")) for r in refs)
-    return EvaluationPlan(str(cube_path), dict(forecasters), stamps, n_in, n_out,
-                          step_minutes(cube), every)  # fmt: skip
+    return EvaluationPlan(str(cube_path), forecasters, stamps, n_in, n_out, step, every)
 
 
 def score_reference_time(plan: EvaluationPlan, ref: str):
@@ -171,6 +173,7 @@ def run_evaluate(
     scheduler: str | None = None,
     device: str = "auto",
     progress: bool = False,
+    min_step_minutes: float = MODEL_MIN_STEP_MINUTES,
 ) -> EvaluateOutputs:
     """Hindcast over a cube: every method per reference time, in parallel with dask.
 
@@ -180,7 +183,8 @@ def run_evaluate(
     from mimcast.pipeline.verify import VerifyOptions, hindcast
 
     fcs = forecasters or build_forecasters(methods, checkpoint=checkpoint, device=device,
-                                           postprocess=postprocess)  # fmt: skip
+                                           postprocess=postprocess,
+                                           min_step_minutes=min_step_minutes)  # fmt: skip
     plan = plan_evaluation(cube_path, fcs, start=start, end=end, every=every, leads=leads)
     scores = hindcast(open_cube(plan.cube), [np.datetime64(r, "ns") for r in plan.refs],
                       plan.n_inputs, plan.n_leads, plan.step, plan.forecasters,

@@ -10,6 +10,11 @@ grid); never "no rain". Each forecaster also says how many input frames it reads
 (``input_frames``), how many leads it can make (``max_leads``, None: any) and its default
 (``default_leads``).
 
+A forecaster may also adapt to the archive's time step: :func:`at_time_step` hands it the
+cube's step in minutes before any of the above is read (nowcast, evaluate and loao do so);
+a forecaster without an ``at_time_step`` method is used as it is. MIMNet uses it to run on
+every k-th frame of archives with short steps (``min_step_minutes``).
+
 :func:`get_forecaster` builds one by name (an unknown name raises ``ValueError`` listing the
 known ones); :func:`list_forecasters` lists the names. Nowcast, evaluate, the CLI and the
 flows all take their methods from here. A new method is one class plus one
@@ -29,9 +34,11 @@ The built-in methods:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import io
+import math
 import threading
 import warnings
 from collections.abc import Callable
@@ -46,6 +53,7 @@ from mimcast.pipeline.defaults import (
     DEFAULT_LEADS,
     ECHO_THRESHOLD_DBZ,
     FLOOR_DBZ,
+    MODEL_MIN_STEP_MINUTES,
     MOTION_FRAMES,
     SHIPPED_CHECKPOINT,
 )
@@ -249,6 +257,10 @@ class MIMNetForecaster:
     tile: int = 512
     overlap: int = 64
     echo_threshold_dbz: float = ECHO_THRESHOLD_DBZ  # weaker predictions are "no echo"
+    # a model step spans at least this many minutes: on archives with shorter steps the model
+    # reads every k-th frame and the leads between its steps are interpolated (0: every frame)
+    min_step_minutes: float = MODEL_MIN_STEP_MINUTES
+    time_step_minutes: float | None = None  # the archive's step (at_time_step); None: unknown
     preloaded: Any = field(default=None, repr=False)  # a Checkpoint in memory (from_model)
 
     def __post_init__(self) -> None:
@@ -256,6 +268,21 @@ class MIMNetForecaster:
             self.checkpoint = str(SHIPPED_CHECKPOINT) if self.preloaded is None else "in memory"
         if self.postprocess not in (None, "none", "pm"):
             raise ValueError(f"postprocess={self.postprocess!r}: 'none' or 'pm'")
+        if not 0 <= self.min_step_minutes < math.inf:
+            raise ValueError(f"min_step_minutes={self.min_step_minutes}: must be >= 0 and finite")
+        if self.time_step_minutes is not None and not self.time_step_minutes > 0:
+            raise ValueError(f"time_step_minutes={self.time_step_minutes}: must be > 0")
+
+    def at_time_step(self, minutes: float) -> MIMNetForecaster:
+        """This forecaster for an archive with ``minutes`` between frames."""
+        return dataclasses.replace(self, time_step_minutes=float(minutes))
+
+    @property
+    def stride(self) -> int:
+        """Archive frames per model step: the fewest that span ``min_step_minutes``."""
+        if not self.time_step_minutes or not self.min_step_minutes:
+            return 1
+        return max(1, math.ceil(self.min_step_minutes / self.time_step_minutes - 1e-9))
 
     @classmethod
     def from_model(cls, model, inputs=None, **options: Any) -> MIMNetForecaster:
@@ -275,11 +302,11 @@ class MIMNetForecaster:
 
     @property
     def input_frames(self) -> int:
-        return self.loaded.model.config.input_length
+        return (self.loaded.model.config.input_length - 1) * self.stride + 1
 
     @property
     def max_leads(self) -> int:
-        return self.loaded.model.config.output_length
+        return self.loaded.model.config.output_length * self.stride
 
     @property
     def default_leads(self) -> int:
@@ -289,25 +316,29 @@ class MIMNetForecaster:
         """One line naming the checkpoint, its frame and post-processing."""
         ckpt = self.loaded
         post = self.postprocess or ckpt.inputs.postprocess
+        every = ""
+        if self.stride > 1:
+            every = (f", every {self.stride} frames: {self.stride * self.time_step_minutes:g}-"
+                     "minute model steps")  # fmt: skip
         return (f"{Path(self.checkpoint).name} (step {ckpt.extra.get('step', '?')}, "
-                f"{ckpt.inputs.frame}, post-processing {post})")  # fmt: skip
+                f"{ckpt.inputs.frame}, post-processing {post}{every})")  # fmt: skip
 
     def __call__(self, inputs: np.ndarray, n_leads: int) -> np.ndarray:
         ckpt = self.loaded
-        cfg, spec = ckpt.model.config, ckpt.inputs
-        n_in = cfg.input_length
+        spec = ckpt.inputs
+        n_in, stride = self.input_frames, self.stride
         if inputs.shape[0] < n_in:
             raise ValueError(f"{self.checkpoint}: needs {n_in} input frames, got {inputs.shape[0]}")
-        if n_leads > cfg.output_length:
+        if n_leads > self.max_leads:
             raise ValueError(
-                f"{self.checkpoint}: predicts {cfg.output_length} lead steps, {n_leads} asked"
+                f"{self.checkpoint}: predicts {self.max_leads} lead steps, {n_leads} asked"
             )
         inputs = np.asarray(inputs[-n_in:], dtype=np.float32)
         key = (str(self.checkpoint), id(ckpt), hashlib.blake2b(inputs.tobytes(), digest_size=16)
-               .hexdigest(), self.device, self.bf16)  # fmt: skip
+               .hexdigest(), self.device, self.bf16, stride)  # fmt: skip
         raw = _RAW.get(key)
         if raw is None:
-            raw = self._raw(ckpt, inputs)
+            raw = self._raw(ckpt, inputs[::stride], stride)
             _RAW[key] = raw  # variants of one model at one reference time share it
             while len(_RAW) > 4:  # a few entries: dask threads score several references
                 _RAW.pop(next(iter(_RAW)), None)
@@ -317,8 +348,15 @@ class MIMNetForecaster:
         dbz = np.where(np.isfinite(dbz) & (dbz < self.echo_threshold_dbz), NO_ECHO_DBZ, dbz)
         return _mark_no_data(dbz.astype(np.float32), inputs[-1])
 
-    def _raw(self, ckpt, inputs: np.ndarray) -> np.ndarray:
-        """Model output in dBZ on the Eulerian grid, before post-processing (NaN: unknown)."""
+    def _raw(self, ckpt, inputs: np.ndarray, stride: int = 1) -> np.ndarray:
+        """Model output in dBZ on the Eulerian grid, before post-processing (NaN: unknown).
+
+        ``inputs`` are one model step apart; with ``stride`` > 1 that is ``stride`` archive
+        steps, and the result has ``stride`` leads per model step: between two model steps
+        the field is interpolated linearly in the frame the model works in (in the Lagrangian
+        frame only growth and decay remain to interpolate; the motion is then applied per
+        archive step).
+        """
         import torch
 
         from mimcast.models.advection import from_lagrangian, to_lagrangian
@@ -337,6 +375,10 @@ class MIMNetForecaster:
             lag, _ = to_lagrangian(frames, torch.from_numpy(valid)[None, :, None], velocity, n_in)
             x = lag[0, :, 0].numpy()
         pred = predict(ckpt.model, x, self)  # (T_out, H, W) in [0, 1]
+        if stride > 1:
+            pred = _interpolate_leads(x[-1], pred, stride)
+            if velocity is not None:
+                velocity = velocity / stride  # pixels per archive step
         known = np.ones_like(pred, dtype=bool)
         if velocity is not None:
             eul, ok = from_lagrangian(torch.from_numpy(pred)[None, :, None], velocity)
@@ -348,6 +390,27 @@ class MIMNetForecaster:
 
 #: The last raw model output (see MIMNetForecaster.__call__).
 _RAW: dict[tuple, np.ndarray] = {}
+
+
+def _interpolate_leads(last: np.ndarray, pred: np.ndarray, stride: int) -> np.ndarray:
+    """``stride`` leads per model step: linear in time from ``last`` (lead 0) through ``pred``.
+
+    Lead ``stride * i`` is ``pred[i - 1]`` exactly; the leads between are weighted means of
+    the two model steps around them.
+    """
+    steps = np.concatenate([np.asarray(last, dtype=np.float32)[None], pred])  # lead 0..T_out
+    out = np.empty((pred.shape[0] * stride, *pred.shape[1:]), dtype=np.float32)
+    for j in range(1, out.shape[0] + 1):
+        i, f = divmod(j, stride)
+        w = f / stride
+        out[j - 1] = steps[i] if w == 0 else (1 - w) * steps[i] + w * steps[i + 1]
+    return out
+
+
+def at_time_step(forecaster, minutes: float):
+    """``forecaster`` adapted to an archive with ``minutes`` between frames (see above)."""
+    adapt = getattr(forecaster, "at_time_step", None)
+    return forecaster if adapt is None else adapt(minutes)
 
 
 def _mark_no_data(forecast: np.ndarray, last: np.ndarray) -> np.ndarray:

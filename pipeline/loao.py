@@ -172,7 +172,7 @@ def evaluate_all(
     """Stage 3: evaluate every left-out archive, pool per lead step, write the tables."""
     from mimcast.pipeline.cube import open_cube, step_minutes
     from mimcast.pipeline.evaluation import EvaluationPlan, finish_evaluation
-    from mimcast.pipeline.forecasters import MIMNetForecaster, get_forecaster
+    from mimcast.pipeline.forecasters import MIMNetForecaster, at_time_step, get_forecaster
     from mimcast.pipeline.plots import skill_curves
     from mimcast.pipeline.verify import (
         Scores,
@@ -199,6 +199,8 @@ def evaluate_all(
         for base in baselines:
             forecasters[base] = get_forecaster(base)
         cube = open_cube(cube_path)
+        step = step_minutes(cube)
+        forecasters = {label: at_time_step(fc, step) for label, fc in forecasters.items()}
         n_in = max(fc.input_frames for fc in forecasters.values())
         horizons = [fc.max_leads for fc in forecasters.values() if fc.max_leads is not None]
         n_leads = min(horizons) if horizons else 12
@@ -212,7 +214,6 @@ def evaluate_all(
             continue
         picks = np.unique(np.linspace(0, len(refs) - 1, min(max_refs, len(refs))).round())
         refs = [refs[int(i)] for i in picks]
-        step = step_minutes(cube)
         if progress:
             log.info(f"evaluating {name}: {len(refs)} reference times, {n_leads} leads of "
                   f"{step} min, {len(forecasters)} methods")  # fmt: skip

@@ -33,7 +33,12 @@ import xarray as xr
 
 from mimcast.pipeline.cube import GRID_MAPPING, VARIABLE, parse_time, step_minutes
 from mimcast.pipeline.cube import observed as cube_observed
-from mimcast.pipeline.defaults import MAP_LEADS, NOWCAST_METHOD, RAIN_THRESHOLD_DBZ
+from mimcast.pipeline.defaults import (
+    MAP_LEADS,
+    MODEL_MIN_STEP_MINUTES,
+    NOWCAST_METHOD,
+    RAIN_THRESHOLD_DBZ,
+)
 from mimcast.pipeline.products import accumulate
 from mimcast.pipeline.zr import MARSHALL_PALMER, ZR, dbz_to_rate
 
@@ -238,7 +243,10 @@ def nowcast(
     source: str = "mimcast",
 ) -> xr.Dataset:
     """Return the forecast dataset of ``forecaster`` for ``cube`` at ``options.time``."""
+    from mimcast.pipeline.forecasters import at_time_step
+
     options = options or NowcastOptions()
+    forecaster = at_time_step(forecaster, step_minutes(cube))
     n_leads = options.leads or forecaster.default_leads
     if n_leads < 1:
         raise NowcastError(f"lead steps must be >= 1, got {n_leads}")
@@ -286,19 +294,23 @@ def run_nowcast(
     device: str = "auto",
     steps: int | None = None,
     geotiff: bool = False,
+    min_step_minutes: float = MODEL_MIN_STEP_MINUTES,
 ) -> NowcastOutputs:
     """Nowcast from a Zarr cube with a registered method; write NetCDF (and quicklooks).
 
     ``geotiff``: also write a Cloud-Optimised GeoTIFF per lead time (:mod:`pipeline.geotiff`).
+    ``min_step_minutes``: MIMNet's shortest model step (every k-th frame of shorter-step
+    archives; see :class:`~mimcast.pipeline.forecasters.MIMNetForecaster`).
     """
     from mimcast.pipeline.cube import open_cube
-    from mimcast.pipeline.forecasters import get_forecaster
+    from mimcast.pipeline.forecasters import at_time_step, get_forecaster
     from mimcast.pipeline.netcdf import write_nowcast
 
     cube = open_cube(cube_path)
     log.info("loading %s", method)
     forecaster = get_forecaster(method, checkpoint=str(checkpoint) if checkpoint else None,
-                                device=device)  # fmt: skip
+                                device=device, min_step_minutes=min_step_minutes)  # fmt: skip
+    forecaster = at_time_step(forecaster, step_minutes(cube))
     name = _source_name(cube_path, source)
     forecast = nowcast(cube, forecaster, NowcastOptions(time=time, leads=steps), source=name)
     if method == "mimnet":
@@ -349,12 +361,13 @@ def existing_product(
     """
     from mimcast.models.checkpoint import CheckpointError
     from mimcast.pipeline.cube import CubeError, open_cube
-    from mimcast.pipeline.forecasters import get_forecaster
+    from mimcast.pipeline.forecasters import at_time_step, get_forecaster
     from mimcast.pipeline.netcdf import nowcast_filename
 
     try:
         cube = open_cube(cube_path, quiet=True)
         forecaster = get_forecaster(method, checkpoint=str(checkpoint) if checkpoint else None)
+        forecaster = at_time_step(forecaster, step_minutes(cube))
         ref = input_times(cube, forecaster.input_frames, time)[-1]
     except (CubeError, NowcastError, CheckpointError, OSError):
         return None

@@ -9,6 +9,7 @@ import torch
 from mimcast.models.advection import from_lagrangian, to_lagrangian, trajectories, warp
 from mimcast.pipeline.forecasters import MIMNetForecaster, get_forecaster
 from mimcast.pipeline.verify import patch_seam_ratio
+from mimcast.pipeline.zr import NO_ECHO_DBZ as NO_ECHO
 
 
 def _blob(h=48, w=64, row=20.0, col=20.0, sigma=4.0):
@@ -136,6 +137,59 @@ def test_augmentation_depends_on_seed_epoch_and_index_only(tmp_path):
     b.set_epoch(1)
     for j in range(n):
         torch.testing.assert_close(a[j][0], b[j][0], atol=0, rtol=0)
+
+
+def _tiny_forecaster(frame: str = "eulerian", **options):
+    from mimcast.models.checkpoint import InputConfig
+    from mimcast.models.mimnet import MIMNet, MIMNetConfig
+
+    torch.manual_seed(0)
+    config = MIMNetConfig(input_length=4, output_length=3, num_layers=2, num_hidden=8,
+                          filter_size=3, patch_size=4)  # fmt: skip
+    return MIMNetForecaster.from_model(MIMNet(config), InputConfig(0.0, 70.0, frame=frame),
+                                       device="cpu", postprocess="none", **options)  # fmt: skip
+
+
+@pytest.mark.parametrize(("minutes", "min_step", "stride"),
+                         [(5, 4, 1), (2, 4, 2), (3, 4, 2), (1, 4, 4), (4, 4, 1), (2, 0, 1),
+                          (10, 4, 1), (2, 6, 3)])  # fmt: skip
+def test_model_steps_span_at_least_min_step_minutes(minutes, min_step, stride):
+    fc = _tiny_forecaster(min_step_minutes=min_step).at_time_step(minutes)
+    assert fc.stride == stride
+    assert fc.input_frames == 3 * stride + 1  # 4 model inputs, stride apart
+    assert fc.max_leads == fc.default_leads == 3 * stride
+    assert _tiny_forecaster().stride == 1  # time step unknown: every frame
+
+
+def test_a_short_step_archive_gets_model_steps_and_interpolated_leads_between():
+    fc = _tiny_forecaster(echo_threshold_dbz=-1e9).at_time_step(2)  # 4-minute model steps
+    plain = _tiny_forecaster(echo_threshold_dbz=-1e9)  # every frame it is given
+    rng = np.random.default_rng(1)
+    frames = rng.uniform(0, 60, size=(9, 32, 40)).astype(np.float32)  # 2 extra old frames
+    out = fc(frames, 6)
+    ref = plain(frames[-7:][::2], 3)  # the model steps: frames 4 minutes apart
+    np.testing.assert_allclose(out[1::2], ref, atol=1e-4)  # leads 4, 8, 12 min
+    last = np.clip(frames[-1], 0, 70)
+    np.testing.assert_allclose(out[0], (last + ref[0]) / 2, atol=1e-3)  # lead 2 min
+    np.testing.assert_allclose(out[2], (ref[0] + ref[1]) / 2, atol=1e-3)  # lead 6 min
+    assert "every 2 frames: 4-minute model steps" in fc.describe()
+    with pytest.raises(ValueError, match="needs 7 input frames"):
+        fc(frames[-4:], 6)
+
+
+def test_lagrangian_leads_between_model_steps_move_one_archive_step_each():
+    """The echo of a steadily moving blob is where its motion puts it at every 2-minute lead,
+    not only at the model's 4-minute steps."""
+    fc = get_forecaster("mimnet", device="cpu", postprocess="none").at_time_step(2)
+    assert fc.stride == 2
+    frames = np.stack([45 * _blob(h=64, w=96, col=20 + 2 * k, sigma=5) for k in range(7)])
+    frames = np.where(frames > 5, frames, np.float32(NO_ECHO)).astype(np.float32)
+    out = fc(frames, 8)
+    cols = np.arange(96)
+    for j in range(8):
+        echo = np.nan_to_num(np.maximum(out[j], 0))
+        centre = (echo.sum(axis=0) * cols).sum() / echo.sum()
+        assert centre == pytest.approx(32 + 2 * (j + 1), abs=1.0), j
 
 
 @pytest.fixture(scope="module")

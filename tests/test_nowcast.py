@@ -84,6 +84,28 @@ def test_forecast_dataset_contents(written, cube):
                                rtol=1e-5)  # fmt: skip
 
 
+def test_a_two_minute_archive_is_forecast_at_its_own_step_from_4_minute_model_steps(
+    model, tmp_path
+):
+    from mimcast.pipeline.evaluation import plan_evaluation
+    from mimcast.pipeline.forecasters import get_forecaster
+
+    fast = synthetic_cube(SyntheticConfig(height=64, width=80, frames=16, seed=5, step_minutes=2))
+    forecast = nowcast(fast, MIMNetForecaster.from_model(model), NowcastOptions(), source="syn")
+    # 3 model steps of 4 minutes, each archive step between them interpolated
+    assert forecast["forecast_period"].values.tolist() == [2, 4, 6, 8, 10, 12]
+    assert forecast.attrs["input_times"].count(",") == 6  # 7 frames: 4 model inputs
+    assert np.isfinite(forecast.reflectivity.values).any()
+    methods = {"mimnet": MIMNetForecaster.from_model(model),
+               "persistence": get_forecaster("persistence")}  # fmt: skip
+    fast.to_zarr(tmp_path / "fast.zarr", consolidated=False)
+    plan = plan_evaluation(tmp_path / "fast.zarr", methods, every=1)
+    assert (plan.n_inputs, plan.n_leads, plan.step) == (7, 6, 2)
+    every_frame = MIMNetForecaster.from_model(model, min_step_minutes=0)
+    forecast = nowcast(fast, every_frame, NowcastOptions(), source="syn")
+    assert forecast["forecast_period"].values.tolist() == [2, 4, 6]
+
+
 def test_missing_inputs_raise_a_clear_error(cube, model):
     holey = cube.copy(deep=True)
     observed = holey.observed.values.copy()

@@ -1,10 +1,17 @@
-"""Device names: the one place that turns ``auto``/``cpu``/``cuda``/``cuda:N`` into a device."""
+"""Device names: the one place that turns ``auto``/``cpu``/``cuda``/``cuda:N`` into a device.
+
+Importing this module does not import torch (the CLI checks names with it at start-up);
+only resolving a CUDA name against the machine does.
+"""
 
 from __future__ import annotations
 
+import os
 import re
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 _PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -17,6 +24,11 @@ def check_device_name(name: str) -> str:
     return name
 
 
+def local_rank() -> int:
+    """This process's GPU index on its node under torchrun (``LOCAL_RANK``); 0 otherwise."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """Return the ``torch.device`` for ``name``, checked against this machine.
 
@@ -27,6 +39,8 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     ValueError
         For a name that is not a device, or a CUDA device this machine does not have.
     """
+    import torch
+
     name = check_device_name(name)
     if name == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
@@ -51,6 +65,8 @@ def bf16_native(device: torch.device | str) -> bool:
     bf16 convolutions fall back to a reference kernel 15-80x slower than fp32 (measured on
     a 2-core AMD EPYC: a MIMNet train step took 43 s in bf16, 3.8 s in fp32).
     """
+    import torch
+
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()

@@ -40,7 +40,7 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
 from mimcast.models.checkpoint import InputConfig, save_checkpoint
-from mimcast.models.device import check_device_name, resolve_device
+from mimcast.models.device import check_device_name, local_rank, resolve_device
 from mimcast.models.mimnet import MIMNet, MIMNetConfig, autocast, compile_step
 from mimcast.pipeline.atomic import atomic_path
 from mimcast.pipeline.zr import MARSHALL_PALMER
@@ -274,18 +274,18 @@ class _Dist:
 
 def train_device(config: TrainConfig) -> torch.device:
     """The device this process trains on: under torchrun, the GPU of its ``LOCAL_RANK``."""
-    return resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
+    return resolve_device(config.device, local_rank())
 
 
 def _setup(config: TrainConfig) -> _Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    rank = int(os.environ.get("RANK", "0"))
     device = train_device(config)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    return _Dist(rank, world, local_rank, device)
+    return _Dist(rank, world, local_rank(), device)
 
 
 # --------------------------------------------------------------------------------------------

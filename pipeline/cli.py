@@ -191,15 +191,15 @@ def _positive(text: str) -> float:
 
 def _device(text: str) -> str:
     """A device name this machine has (checked before any work starts)."""
-    if text.strip().lower() in ("auto", "cpu"):  # every machine has these: no torch import
-        return text.strip().lower()
-    from mimcast.models.device import resolve_device
+    from mimcast.models.device import check_device_name, resolve_device
 
     try:
-        resolve_device(text)
+        name = check_device_name(text)
+        if name.startswith("cuda"):  # auto and cpu exist everywhere: no torch import for them
+            resolve_device(name)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
-    return text.strip().lower()
+    return name
 
 
 def _iso_time(text: str) -> str:

@@ -41,7 +41,8 @@ def test_help_and_usage_errors_do_not_import_the_heavy_libraries():
         "import sys\n"
         "from mimcast.pipeline.cli import main\n"
         "for argv in (['--help'], ['nowcast', '--help'], ['train', 'c.zarr', '--out', 'r', "
-        "'--device', 'cpu', '--max-steps', '0']):\n"
+        "'--device', 'cpu', '--max-steps', '0'], ['nowcast', 'c.zarr', '--out', 'o', "
+        "'--device', 'gpu']):\n"
         "    try:\n"
         "        main(argv)\n"
         "    except SystemExit:\n"
@@ -51,7 +52,8 @@ def test_help_and_usage_errors_do_not_import_the_heavy_libraries():
     )  # fmt: skip
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                             timeout=120)  # fmt: skip
-    assert "must be >= 1" in result.stderr  # the usage error did happen
+    assert "must be >= 1" in result.stderr  # the usage errors did happen
+    assert "device 'gpu' is not one of auto, cpu, cuda, cuda:N" in result.stderr
     assert result.stdout.strip().endswith("heavy: []"), result.stdout[-500:]
 
 

@@ -28,7 +28,9 @@ The built-in methods:
 - ``sprog``: pysteps S-PROG (cascade decomposition, scale-dependent AR(2) smoothing).
 - ``mimnet``: a trained checkpoint (the shipped one by default). The checkpoint says whether
   it runs in the Eulerian frame or the Lagrangian one (inputs moved with the motion field,
-  outputs advected forward along it) and which post-processing it uses by default.
+  outputs advected forward along it) and which post-processing it uses by default. On
+  archives with steps shorter than ``min_step_minutes`` (4) it reads every k-th frame and
+  fills the archive-step leads between its steps (see :meth:`MIMNetForecaster._raw`).
 """
 
 from __future__ import annotations

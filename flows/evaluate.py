@@ -6,7 +6,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from mimcast.flows.common import dask_task_runner, site_settings
-from mimcast.pipeline.defaults import EVALUATE_EVERY, EVALUATE_METHODS
+from mimcast.pipeline.defaults import EVALUATE_EVERY, EVALUATE_METHODS, MODEL_MIN_STEP_MINUTES
 from mimcast.pipeline.evaluation import (
     build_forecasters,
     finish_evaluation,
@@ -27,13 +27,15 @@ def evaluate_flow(
     every: int = EVALUATE_EVERY,
     methods: list[str] | None = None,
     postprocess: str | None = None,
+    min_step_minutes: float = MODEL_MIN_STEP_MINUTES,
 ) -> dict:
     """Score the methods (default MIMNet, persistence, extrapolation); write the report."""
     site = site_settings()
     cube, out_dir = cube or site.cube, out_dir or site.evaluation
     checkpoint = checkpoint or site.checkpoint
     forecasters = build_forecasters(tuple(methods or EVALUATE_METHODS), checkpoint=checkpoint,
-                                    postprocess=postprocess)  # fmt: skip
+                                    postprocess=postprocess,
+                                    min_step_minutes=min_step_minutes)  # fmt: skip
     plan = plan_evaluation(cube, forecasters, start=start, end=end, every=every)
     get_run_logger().info("scoring %d reference times on Dask", len(plan.refs))
     futures = [score_task.submit(plan, ref) for ref in plan.refs]

@@ -13,7 +13,7 @@ from prefect.states import Completed, Failed
 
 from mimcast.flows.common import site_settings
 from mimcast.models.checkpoint import CheckpointError
-from mimcast.pipeline.defaults import FALLBACK_METHOD, NOWCAST_METHOD
+from mimcast.pipeline.defaults import FALLBACK_METHOD, MODEL_MIN_STEP_MINUTES, NOWCAST_METHOD
 from mimcast.pipeline.nowcast import (
     NoValidDataError,
     NowcastError,
@@ -41,6 +41,7 @@ def nowcast_flow(
     fallback: str | None = FALLBACK_METHOD,
     skip_existing: bool = True,
     geotiff: bool = False,
+    min_step_minutes: float = MODEL_MIN_STEP_MINUTES,
 ):
     """Nowcast from the cube; without complete input frames, end as ``Skipped`` saying which.
 
@@ -53,10 +54,12 @@ def nowcast_flow(
     site = site_settings()
     cube, out_dir = cube or site.cube, out_dir or site.nowcasts
     kwargs = {"checkpoint": checkpoint or site.checkpoint, "time": time, "plot": plot,
-              "source": source, "geotiff": geotiff}  # fmt: skip
+              "source": source, "geotiff": geotiff,
+              "min_step_minutes": min_step_minutes}  # fmt: skip
     if skip_existing:
         done = existing_product(cube, out_dir, method=method, checkpoint=kwargs["checkpoint"],
-                                time=time, source=source)  # fmt: skip
+                                time=time, source=source,
+                                min_step_minutes=min_step_minutes)  # fmt: skip
         if done is not None:
             logger.info("no new frame since the last product %s", done)
             return Completed(name="Skipped", message=f"no new frame since the last product: {done}")

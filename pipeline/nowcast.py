@@ -352,6 +352,7 @@ def existing_product(
     checkpoint: str | Path | None = None,
     time: str = "latest",
     source: str | None = None,
+    min_step_minutes: float = MODEL_MIN_STEP_MINUTES,
 ) -> Path | None:
     """Return the product that a nowcast at ``time`` would write, if it exists already.
 
@@ -366,7 +367,8 @@ def existing_product(
 
     try:
         cube = open_cube(cube_path, quiet=True)
-        forecaster = get_forecaster(method, checkpoint=str(checkpoint) if checkpoint else None)
+        forecaster = get_forecaster(method, checkpoint=str(checkpoint) if checkpoint else None,
+                                    min_step_minutes=min_step_minutes)  # fmt: skip
         forecaster = at_time_step(forecaster, step_minutes(cube))
         ref = input_times(cube, forecaster.input_frames, time)[-1]
     except (CubeError, NowcastError, CheckpointError, OSError):

@@ -240,7 +240,8 @@ def evaluate_all(
     notes = [
         "leave-one-archive-out: each archive scored with models trained on the others",
         f"archives: {', '.join(archive_name(c) for c in cubes)}",
-        "lead times are model steps (archives differ in time step: see per_archive.csv)",
+        "lead times are time steps of each archive (archives differ in time step: see "
+        "per_archive.csv; on archives of under 4 minutes a model step spans several)",
     ]
     (target / "report.md").write_text(markdown_report(
         rows, title="mimcast leave-one-archive-out: pooled skill per lead step",
@@ -268,7 +269,7 @@ def summary(out: Path) -> str:
     methods = sorted({k[0] for k in pooled}, key=lambda m: (not m.startswith("mimnet"), m))
     steps = sorted({k[3] for k in pooled})
     shown = [s for s in (1, 2, 3, 6, 9, 12) if s in steps]
-    lines = ["### Pooled over the left-out archives (lead in model steps)", ""]
+    lines = ["### Pooled over the left-out archives (lead in archive time steps)", ""]
     for metric, threshold, label in (("CSI", "20 dBZ", "CSI ≥ 20 dBZ"),
                                      ("CSI", "30 dBZ", "CSI ≥ 30 dBZ"),
                                      ("MSE", "", "MSE (dBZ²)"),

@@ -282,9 +282,7 @@ class MIMNetForecaster:
     @property
     def stride(self) -> int:
         """Archive frames per model step: the fewest that span ``min_step_minutes``."""
-        if not self.time_step_minutes or not self.min_step_minutes:
-            return 1
-        return max(1, math.ceil(self.min_step_minutes / self.time_step_minutes - 1e-9))
+        return frame_stride(self.time_step_minutes, self.min_step_minutes)
 
     @classmethod
     def from_model(cls, model, inputs=None, **options: Any) -> MIMNetForecaster:
@@ -388,6 +386,14 @@ class MIMNetForecaster:
         dbz = norm.denormalize(pred).astype(np.float32)
         dbz[~known] = np.nan
         return dbz
+
+
+def frame_stride(time_step_minutes: float | None, min_step_minutes: float) -> int:
+    """Archive frames per model step: the fewest whose span is at least ``min_step_minutes``
+    (1 when the archive's step is unknown or ``min_step_minutes`` is 0)."""
+    if not time_step_minutes or not min_step_minutes:
+        return 1
+    return max(1, math.ceil(min_step_minutes / time_step_minutes - 1e-9))
 
 
 #: The last raw model output (see MIMNetForecaster.__call__).

@@ -13,7 +13,10 @@ Contract
   frame holds echo (``min_coverage``), and ``meta`` (JSON: cube names, steps, lengths).
 
 Frames are model steps: every cube keeps its own time step (2-15 min) and resolution, and
-the motion field, measured per window, carries the step's meaning. A window needs all its
+the motion field, measured per window, carries the step's meaning. With ``min_step_minutes``
+a cube whose step is shorter gives windows of every k-th frame (``meta["strides"]``), as
+MIMNet forecasts read such archives (:func:`~mimcast.pipeline.forecasters.frame_stride`);
+windows still start at every frame. A window needs all its
 inputs observed and at least ``min_targets`` observed targets; later targets that are
 missing (past the end of a short archive, or a gap) are no-data in the loss. The last
 ``val_fraction`` of each cube's starts is validation, with ``n_inputs + n_outputs`` frames
@@ -74,6 +77,7 @@ class PackConfig:
     val_fraction: float = 0.2  # last fraction of each cube's starts for validation
     max_items_per_cube: int = 4000  # cap (random subset, seeded) so no archive dominates
     seed: int = 0
+    min_step_minutes: float = 0.0  # windows of every k-th frame where the step is shorter
 
 
 def block_mean(v: np.ndarray, k: int) -> np.ndarray:
@@ -95,13 +99,13 @@ def build_pack(
     from mimcast.pipeline.atomic import atomic_path
     from mimcast.pipeline.cube import VARIABLE, axis_breaks, open_cube, step_minutes
     from mimcast.pipeline.cube import observed as cube_observed
-    from mimcast.pipeline.forecasters import MODEL_MOTION_SIDE, motion_field
+    from mimcast.pipeline.forecasters import MODEL_MOTION_SIDE, frame_stride, motion_field
 
     config = config or PackConfig()
     length = config.n_inputs + config.n_outputs
     arrays: dict[str, np.ndarray] = {}
     items: list[tuple[int, int, int, int]] = []
-    meta = {"config": config.__dict__, "cubes": [], "steps": [], "sizes": []}
+    meta = {"config": config.__dict__, "cubes": [], "steps": [], "sizes": [], "strides": []}
     rng = np.random.default_rng(config.seed)
     bar = None
     if progress:
@@ -116,18 +120,20 @@ def build_pack(
         n_t, height, width = dbz.shape
         if config.patch > min(height, width):
             raise ValueError(f"{path}: grid {height}x{width} is smaller than patch {config.patch}")
+        every = frame_stride(step_minutes(cube), config.min_step_minutes)
+        n_in, span = (config.n_inputs - 1) * every + 1, (length - 1) * every + 1  # in frames
         starts = []
-        for s in range(0, n_t - config.n_inputs + 1):
-            if not obs[s : s + config.n_inputs].all() or jumps[s + 1 : s + length].any():
+        for s in range(0, n_t - n_in + 1):
+            if not obs[s : s + n_in : every].all() or jumps[s + 1 : s + span].any():
                 continue
-            targets = obs[s + config.n_inputs : s + length]
+            targets = obs[s + n_in - 1 + every : s + span : every]
             if targets.sum() >= config.min_targets:
                 starts.append(s)
         velocities, cube_items = [], []
         rows = range(0, height - config.patch + 1, config.stride)
         cols = range(0, width - config.patch + 1, config.stride)
         for i, s in enumerate(starts):
-            inputs = dbz[s : s + config.n_inputs]
+            inputs = dbz[s : s + n_in : every]
             velocity = motion_field(inputs, config.motion_frames, MODEL_MOTION_SIDE)
             velocities.append(block_mean(velocity, VELOCITY_BLOCK).astype(np.float16))
             echo = np.nan_to_num(inputs[-1], nan=-99.0) >= config.echo_dbz
@@ -148,7 +154,7 @@ def build_pack(
             first_val = starts[len(starts) - n_val]
             split[len(starts) - n_val :] = 1
             for j, s in enumerate(starts):  # buffer: no shared frame with validation
-                if split[j] == 0 and s + length > first_val:
+                if split[j] == 0 and s + span > first_val:
                     split[j] = 2  # dropped
             if not (split == 0).any():
                 # too short to give both (e.g. 24 frames for 16-frame windows): it trains
@@ -164,6 +170,7 @@ def build_pack(
         meta["cubes"].append(str(path))
         meta["steps"].append(step_minutes(cube))
         meta["sizes"].append([height, width])
+        meta["strides"].append(every)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(windows=len(starts), patches=len(cube_items))
@@ -304,11 +311,11 @@ class PackDataset:
 
         frames = self.arrays[f"frames_{k}"]
         start = int(self.arrays[f"starts_{k}"][i])
+        every = self.meta.get("strides", [1] * (k + 1))[k]  # packs before strides: 1
         length = self.n_inputs + self.n_outputs
-        stop = min(start + length, frames.shape[0])
-        region = frames[start:stop, rows, cols]
+        region = frames[start : start + (length - 1) * every + 1 : every, rows, cols]
         block = np.full((length, *region.shape[1:]), np.nan, dtype=np.float32)
-        block[: stop - start] = dequantise(region)
+        block[: region.shape[0]] = dequantise(region)
         lo, hi = self.dbz_range
         valid = np.isfinite(block)
         x = (np.clip(np.where(valid, block, lo), lo, hi) - lo) / (hi - lo)

@@ -89,6 +89,7 @@ class SequenceConfig:
     augment: bool = False  # packs: random 90-degree rotations and flips in training
     max_items_per_cube: int = 4000  # packs: patch cap per cube, so no archive dominates
     postprocess: str = "none"  # written into checkpoints: "none" or "pm" (probability matching)
+    min_step_minutes: float = 0.0  # packs: windows of every k-th frame where the step is shorter
 
     def __post_init__(self) -> None:
         if self.frame not in ("eulerian", "lagrangian"):
@@ -99,6 +100,8 @@ class SequenceConfig:
             raise ValueError("SequenceConfig: input_length and output_length must be >= 1")
         if self.patch < 0 or (self.patch and self.stride < 1):
             raise ValueError(f"SequenceConfig: patch={self.patch}, stride={self.stride} invalid")
+        if not 0 <= self.min_step_minutes < float("inf"):
+            raise ValueError(f"SequenceConfig: min_step_minutes={self.min_step_minutes} invalid")
         if not (0 < self.train < 1 and 0 <= self.val < 1 and self.train + self.val <= 1):
             raise ValueError(f"SequenceConfig: train={self.train}, val={self.val} invalid")
 
@@ -110,7 +113,8 @@ class SequenceConfig:
     @property
     def uses_pack(self) -> bool:
         """Whether training goes through a pack (Lagrangian frame, augmentation, short cubes)."""
-        return self.frame == "lagrangian" or self.augment or self.min_targets is not None
+        return (self.frame == "lagrangian" or self.augment or self.min_targets is not None
+                or self.min_step_minutes > 0)  # fmt: skip
 
     def pack_config(self):
         """The :class:`~mimcast.pipeline.packs.PackConfig` these settings cut packs with."""
@@ -121,7 +125,7 @@ class SequenceConfig:
             min_targets=self.min_targets or self.output_length, motion_frames=self.motion_frames,
             patch=self.patch or 64, stride=self.stride, echo_dbz=self.echo_dbz,
             min_coverage=self.min_coverage, val_fraction=self.val,
-            max_items_per_cube=self.max_items_per_cube,
+            max_items_per_cube=self.max_items_per_cube, min_step_minutes=self.min_step_minutes,
         )  # fmt: skip
 
     @property

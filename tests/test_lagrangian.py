@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -97,6 +99,42 @@ def test_pack_round_trip_and_lagrangian_targets(tmp_path):
         return total
 
     assert change(lag) < 0.8 * change(eul)
+
+
+def test_a_pack_with_min_step_cuts_short_step_archives_into_windows_of_every_kth_frame(tmp_path):
+    # as MIMNet forecasts a 2-minute archive on 4-minute steps, training can take its windows
+    # 4 minutes apart: a window from frame s equals one of the same archive thinned to
+    # 4 minutes, and windows start at every frame (both phases of the thinning are used)
+    from mimcast.pipeline.packs import PackConfig, PackDataset, build_pack
+    from mimcast.pipeline.synthetic import SyntheticConfig, synthetic_cube
+
+    cube = synthetic_cube(SyntheticConfig(height=64, width=64, frames=40, seed=2, wind_u=15.0,
+                                          step_minutes=2))  # fmt: skip
+    cube.to_zarr(tmp_path / "fast.zarr", consolidated=False)
+    thin = cube.isel(time=slice(0, None, 2)).assign_attrs(time_step_minutes=4)
+    thin.to_zarr(tmp_path / "thin.zarr", consolidated=False)
+    config = PackConfig(n_inputs=4, n_outputs=6, patch=32, stride=16, min_coverage=0.01,
+                        val_fraction=0.0)  # fmt: skip
+    four = dataclasses.replace(config, min_step_minutes=4)
+    strided = build_pack([tmp_path / "fast.zarr"], tmp_path / "a.npz", four, progress=False)
+    thinned = build_pack([tmp_path / "thin.zarr"], tmp_path / "b.npz", config, progress=False)
+    plain = build_pack([tmp_path / "fast.zarr"], tmp_path / "c.npz", config, progress=False)
+    a, b = PackDataset(strided, frame="eulerian"), PackDataset(thinned, frame="eulerian")
+    c = PackDataset(plain, frame="eulerian")
+    assert a.meta["strides"] == [2] and b.meta["strides"] == c.meta["strides"] == [1]
+    starts_a, starts_b = a.arrays["starts_0"].tolist(), b.arrays["starts_0"].tolist()
+    assert starts_a == list(range(40 - 18)) and starts_b == list(range(20 - 9))  # span 19, 10
+    assert c.arrays["starts_0"].tolist() == list(range(40 - 9))
+    whole = (slice(None), slice(None))
+    for m in range(len(starts_b)):
+        xa, va = a._normalised(0, starts_a.index(2 * m), *whole)
+        xb, vb = b._normalised(0, m, *whole)
+        torch.testing.assert_close(xa, xb, atol=0, rtol=0)
+        torch.testing.assert_close(va, vb, atol=0, rtol=0)
+        # the motion is measured on the same frames: per 4-minute model step
+        np.testing.assert_array_equal(a.arrays["velocity_0"][starts_a.index(2 * m)],
+                                      b.arrays["velocity_0"][m])  # fmt: skip
+    assert not np.array_equal(a.arrays["velocity_0"][0], c.arrays["velocity_0"][0])
 
 
 def test_lagrangian_items_cut_from_a_region_equal_those_of_the_whole_grid(tmp_path):

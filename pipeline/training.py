@@ -136,6 +136,12 @@ def train_from_pack(
             f"{pack}: cut for {train_set.n_inputs} -> {train_set.n_outputs} frames, the "
             f"configuration wants {data.input_length} -> {data.output_length}; rebuild it"
         )
+    cut = float(train_set.meta["config"].get("min_step_minutes", 0.0))  # older packs: 0
+    if cut != data.min_step_minutes:
+        raise ConfigError(
+            f"{pack}: cut with min_step_minutes = {cut:g}, the configuration wants "
+            f"{data.min_step_minutes:g}; rebuild it"
+        )
     names = train_set.cube_names()
     used = [names[k] for k in (cubes if cubes is not None else range(len(names)))]
     _check_sizes(train_set, val_set, used, config)

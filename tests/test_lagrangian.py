@@ -137,6 +137,23 @@ def test_a_pack_with_min_step_cuts_short_step_archives_into_windows_of_every_kth
     assert not np.array_equal(a.arrays["velocity_0"][0], c.arrays["velocity_0"][0])
 
 
+def test_a_pack_cut_with_another_min_step_is_refused(tmp_path):
+    from mimcast.models.mimnet import MIMNetConfig
+    from mimcast.models.train import TrainConfig
+    from mimcast.pipeline.config import ConfigError
+    from mimcast.pipeline.sequences import SequenceConfig
+    from mimcast.pipeline.training import RunConfig, train_from_pack
+
+    _, pack = _pack(tmp_path, height=64, width=64, frames=20, seed=2)  # min_step_minutes 0
+    data = SequenceConfig(input_length=4, output_length=6, frame="lagrangian", patch=32,
+                          min_step_minutes=4)  # fmt: skip
+    config = RunConfig(MIMNetConfig(input_length=4, output_length=6), data,
+                       TrainConfig(device="cpu", max_steps=1))  # fmt: skip
+    with pytest.raises(ConfigError, match="cut with min_step_minutes = 0, the configuration "
+                       "wants 4; rebuild it"):  # fmt: skip
+        train_from_pack(pack, tmp_path / "run", config, progress=False)
+
+
 def test_lagrangian_items_cut_from_a_region_equal_those_of_the_whole_grid(tmp_path):
     # items transform only the patch and the margin its trajectories need (local speed):
     # they must equal the same patch cut from the whole window moved into its frame

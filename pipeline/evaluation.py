@@ -59,6 +59,20 @@ def build_forecasters(
     return {name: get_forecaster(name, **options) for name in dict.fromkeys(methods)}
 
 
+def methods_at_step(forecasters: dict[str, Any], step: float) -> tuple[dict[str, Any], int, int]:
+    """Set every method to the archive's time step; return them, the input frames they need
+    together and the lead steps they can all score.
+
+    A method with a fixed horizon (a model's) bounds the leads; without one, the shortest
+    default horizon among the methods does.
+    """
+    forecasters = {label: at_time_step(fc, step) for label, fc in forecasters.items()}
+    n_in = max(fc.input_frames for fc in forecasters.values())
+    horizons = [fc.max_leads for fc in forecasters.values() if fc.max_leads is not None]
+    horizon = min(horizons or [fc.default_leads for fc in forecasters.values()])
+    return forecasters, n_in, horizon
+
+
 def plan_evaluation(
     cube_path: str | Path,
     forecasters: dict[str, Any],
@@ -79,15 +93,12 @@ def plan_evaluation(
         raise ValueError(f"every={every}: must be >= 1")
     cube = open_cube(cube_path)
     step = step_minutes(cube)
-    forecasters = {label: at_time_step(fc, step) for label, fc in forecasters.items()}
-    n_in = max(fc.input_frames for fc in forecasters.values())
-    horizons = [fc.max_leads for fc in forecasters.values() if fc.max_leads is not None]
-    n_out = leads or (min(horizons) if horizons else
-                      min(fc.default_leads for fc in forecasters.values()))  # fmt: skip
+    forecasters, n_in, horizon = methods_at_step(forecasters, step)
+    n_out = leads or horizon
     if n_out < 1:
         raise ValueError(f"leads={n_out}: must be >= 1")
-    if horizons and n_out > min(horizons):
-        raise ValueError(f"leads={n_out}: a method predicts only {min(horizons)} lead steps")
+    if n_out > horizon:
+        raise ValueError(f"leads={n_out}: a method predicts only {horizon} lead steps")
     refs = reference_times(cube, n_in, n_out, start=start, end=end, every=every)
     if not refs:
         raise ValueError(

@@ -13,7 +13,10 @@
    (each with and without probability matching) against persistence, extrapolation and
    S-PROG, on the same pixels; then pool the scores of every archive per lead *step*
    (archives differ in time step) into ``DIR/pooled/`` (scores.csv, report.md, skill curves)
-   and ``DIR/per_archive.csv``.
+   and ``DIR/per_archive.csv``. Each archive's score accumulators are kept in
+   ``DIR/evaluation/<archive>/accumulators.json``, and the pool takes every archive scored
+   into ``DIR``: folds evaluated in separate runs (one a session, say) pool exactly as if
+   they had been evaluated together.
 
 Archives are named by their cube's file name (``rmi.zarr`` -> ``rmi``).
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import json
 import logging
 import subprocess
 import sys
@@ -33,6 +37,7 @@ from typing import Any
 import numpy as np
 
 VARIANTS = ("lagrangian", "eulerian")
+ACCUMULATORS = "accumulators.json"  # an archive's stored scores, in DIR/evaluation/<archive>/
 
 log = logging.getLogger("mimcast")
 
@@ -170,9 +175,10 @@ def evaluate_all(
     progress: bool = True,
 ) -> Path:
     """Stage 3: evaluate every left-out archive, pool per lead step, write the tables."""
+    from mimcast.pipeline.atomic import atomic_write_json
     from mimcast.pipeline.cube import open_cube, step_minutes
-    from mimcast.pipeline.evaluation import EvaluationPlan, finish_evaluation
-    from mimcast.pipeline.forecasters import MIMNetForecaster, at_time_step, get_forecaster
+    from mimcast.pipeline.evaluation import EvaluationPlan, finish_evaluation, methods_at_step
+    from mimcast.pipeline.forecasters import MIMNetForecaster, get_forecaster
     from mimcast.pipeline.plots import skill_curves
     from mimcast.pipeline.verify import (
         Scores,
@@ -183,8 +189,7 @@ def evaluate_all(
         write_scores_csv,
     )
 
-    pooled = Scores(VerifyOptions())
-    per_archive: list[dict[str, Any]] = []
+    scored: list[str] = []
     for cube_path in cubes:
         name = archive_name(cube_path)
         forecasters: dict[str, Any] = {}
@@ -200,10 +205,7 @@ def evaluate_all(
             forecasters[base] = get_forecaster(base)
         cube = open_cube(cube_path)
         step = step_minutes(cube)
-        forecasters = {label: at_time_step(fc, step) for label, fc in forecasters.items()}
-        n_in = max(fc.input_frames for fc in forecasters.values())
-        horizons = [fc.max_leads for fc in forecasters.values() if fc.max_leads is not None]
-        n_leads = min(horizons) if horizons else 12
+        forecasters, n_in, n_leads = methods_at_step(forecasters, step)
         refs: list = []
         while n_leads >= 1 and not refs:
             refs = reference_times(cube, n_in, n_leads)
@@ -225,74 +227,118 @@ def evaluate_all(
                               tuple(str(np.datetime64(r, "m")) for r in refs), n_in, n_leads,
                               step, 1)  # fmt: skip
         finish_evaluation(plan, [scores], out / "evaluation" / name)
-        by_step = _lead_steps(scores, step)
+        atomic_write_json(out / "evaluation" / name / ACCUMULATORS, {
+            "archive": name, "step_minutes": step, "cube": str(cube_path),
+            "scored_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "scores": scores.state()})  # fmt: skip
+        scored.append(name)
+    # pool every archive scored into DIR, in this run or an earlier one
+    pooled, pooled_minutes = Scores(VerifyOptions()), Scores(VerifyOptions())
+    per_archive: list[dict[str, Any]] = []
+    names: list[str] = []
+    for path in sorted((out / "evaluation").glob(f"*/{ACCUMULATORS}")):
+        stored = json.loads(path.read_text())
+        minutes = Scores.from_state(stored["scores"], VerifyOptions())
+        by_step = _lead_steps(minutes, stored["step_minutes"])
         pooled.merge(by_step)
+        pooled_minutes.merge(minutes)
+        names.append(stored["archive"])
+        if stored["archive"] not in scored:
+            log.info(f"pooling {stored['archive']} as scored on {stored['scored_at']} ({path})")
         for row in by_step.table():
             if (row["metric"], row["threshold"]) in (("MSE", ""), ("CSI", "20 dBZ"),
                                                      ("CSI", "30 dBZ"),
                                                      ("FSS", "30 dBZ @ 11 px")):  # fmt: skip
-                per_archive.append({"archive": name, "step_minutes": step, **row})
-    target = out / "pooled"
-    target.mkdir(parents=True, exist_ok=True)
-    rows = pooled.table()
-    write_scores_csv(rows, target / "scores.csv")
-    figures = skill_curves(rows, target)
-    notes = [
-        "leave-one-archive-out: each archive scored with models trained on the others",
-        f"archives: {', '.join(archive_name(c) for c in cubes)}",
-        "lead times are time steps of each archive (archives differ in time step: see "
-        "per_archive.csv; on archives of under 4 minutes a model step spans several)",
-    ]
-    (target / "report.md").write_text(markdown_report(
-        rows, title="mimcast leave-one-archive-out: pooled skill per lead step",
-        notes=notes, images=[p.name for p in figures]))  # fmt: skip
+                per_archive.append({"archive": stored["archive"],
+                                    "step_minutes": stored["step_minutes"], **row})  # fmt: skip
+    if not names:
+        raise ValueError(f"{out}: no archive could be scored (no model, or too short)")
+    for scores, where, title, lead_label, lead_note in (
+        (pooled, "pooled", "pooled skill per lead step", "lead time (archive time steps)",
+         "lead times are time steps of each archive (archives differ in time step: see "
+         "per_archive.csv; on archives of under 4 minutes a model step spans several)"),
+        (pooled_minutes, "pooled_minutes", "pooled skill per lead time in minutes",
+         "lead time (min)",
+         "lead times in minutes: each lead pools the archives whose steps reach it"),
+    ):  # fmt: skip
+        target = out / where
+        target.mkdir(parents=True, exist_ok=True)
+        rows = scores.table()
+        write_scores_csv(rows, target / "scores.csv")
+        figures = skill_curves(rows, target, lead_label)
+        notes = ["leave-one-archive-out: each archive scored with models trained on the others",
+                 f"archives: {', '.join(names)}", lead_note]  # fmt: skip
+        (target / "report.md").write_text(markdown_report(
+            rows, title=f"mimcast leave-one-archive-out: {title}",
+            notes=notes, images=[p.name for p in figures]))  # fmt: skip
     with (out / "per_archive.csv").open("w", newline="") as fh:
         fields = ["archive", "step_minutes", "method", "lead_time", "metric", "threshold",
                   "value", "n"]  # fmt: skip
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(per_archive)
-    return target
+    return out / "pooled"
 
 
-def summary(out: Path) -> str:
-    """Markdown tables of a finished run: pooled scores per lead step, and per-archive verdicts.
+def _read_pooled(path: Path) -> dict[tuple[str, str, str, int], float]:
+    with path.open() as fh:
+        return {(r["method"], r["metric"], r["threshold"], int(r["lead_time"])): float(r["value"])
+                for r in csv.DictReader(fh)}  # fmt: skip
 
-    Written to ``DIR/summary.md``; the model card quotes it.
-    """
-    pooled: dict[tuple[str, str, str, int], float] = {}
-    with (out / "pooled" / "scores.csv").open() as fh:
-        for r in csv.DictReader(fh):
-            pooled[(r["method"], r["metric"], r["threshold"], int(r["lead_time"]))] = float(
-                r["value"]
-            )
-    methods = sorted({k[0] for k in pooled}, key=lambda m: (not m.startswith("mimnet"), m))
-    steps = sorted({k[3] for k in pooled})
-    shown = [s for s in (1, 2, 3, 6, 9, 12) if s in steps]
-    lines = ["### Pooled over the left-out archives (lead in archive time steps)", ""]
-    for metric, threshold, label in (("CSI", "20 dBZ", "CSI ≥ 20 dBZ"),
-                                     ("CSI", "30 dBZ", "CSI ≥ 30 dBZ"),
-                                     ("MSE", "", "MSE (dBZ²)"),
-                                     ("FSS", "30 dBZ @ 11 px", "FSS ≥ 30 dBZ, 11 px")):  # fmt: skip
-        lines += [f"**{label}**", "", "| method | " + " | ".join(f"+{s}" for s in shown) + " |",
+
+def _pooled_tables(pooled, methods, shown, head, *, fss: bool = False, counts=None) -> list[str]:
+    """Markdown tables (CSI 20/30 dBZ, MSE, optionally FSS) of pooled scores at ``shown``."""
+    lines = []
+    metrics = [("CSI", "20 dBZ", "CSI ≥ 20 dBZ"), ("CSI", "30 dBZ", "CSI ≥ 30 dBZ"),
+               ("MSE", "", "MSE (dBZ²)")]  # fmt: skip
+    if fss:
+        metrics.append(("FSS", "30 dBZ @ 11 px", "FSS ≥ 30 dBZ, 11 px"))
+    for metric, threshold, label in metrics:
+        lines += [f"**{label}**", "", "| method | " + " | ".join(head(s) for s in shown) + " |",
                   "|---" * (len(shown) + 1) + "|"]  # fmt: skip
+        if counts is not None:
+            lines.append("| archives | " + " | ".join(str(c) for c in counts) + " |")
         for m in methods:
             cells = [pooled.get((m, metric, threshold, s), float("nan")) for s in shown]
             lines.append(f"| {m} | " + " | ".join(f"{v:.3f}" if metric != "MSE" else f"{v:.1f}"
                                                   for v in cells) + " |")  # fmt: skip
         lines.append("")
+    return lines
+
+
+def summary(out: Path) -> str:
+    """Markdown tables of a finished run: pooled scores per lead step and per lead time in
+    minutes, and per-archive verdicts.
+
+    Written to ``DIR/summary.md``; the model card quotes it.
+    """
+    pooled = _read_pooled(out / "pooled" / "scores.csv")
+    methods = sorted({k[0] for k in pooled}, key=lambda m: (not m.startswith("mimnet"), m))
+    steps = sorted({k[3] for k in pooled})
+    lines = ["### Pooled over the left-out archives (lead in archive time steps)", ""]
+    lines += _pooled_tables(pooled, methods, [s for s in (1, 2, 3, 6, 9, 12) if s in steps],
+                            lambda s: f"+{s}", fss=True)  # fmt: skip
     rows: dict[tuple[str, str, str, str, int], float] = {}
+    reach: dict[int, set[str]] = {}  # lead in minutes -> archives scored at it
     with (out / "per_archive.csv").open() as fh:
         for r in csv.DictReader(fh):
-            rows[(r["archive"], r["method"], r["metric"], r["threshold"], int(r["lead_time"]))] = (
-                float(r["value"])
-            )
+            lead = int(r["lead_time"])
+            rows[(r["archive"], r["method"], r["metric"], r["threshold"], lead)] = float(r["value"])
+            reach.setdefault(lead * int(float(r["step_minutes"])), set()).add(r["archive"])
     archives = sorted({k[0] for k in rows})
+    if (by_minutes := out / "pooled_minutes" / "scores.csv").exists():
+        shown = [m for m in (10, 20, 30, 45, 60, 90, 120) if m in reach]
+        lines += ["### Pooled at the same lead time (minutes)", "",
+                  "Each lead pools the archives whose steps reach it (row `archives`: how many).",
+                  ""]  # fmt: skip
+        lines += _pooled_tables(_read_pooled(by_minutes), methods, shown, lambda m: f"{m} min",
+                                counts=[len(reach[m]) for m in shown])  # fmt: skip
     models = [m for m in methods if m.startswith("mimnet")]
     lines += ["### Per left-out archive: leads where the model wins", "",
               "| archive | model | MSE < persistence | CSI20 > persistence | "
-              "MSE < extrapolation | CSI20 ≥ extrapolation | CSI30 ≥ extrapolation |",
-              "|---|---|---|---|---|---|---|"]  # fmt: skip
+              "MSE < extrapolation | CSI20 ≥ extrapolation | CSI30 ≥ extrapolation | "
+              "MSE < S-PROG | CSI20 ≥ S-PROG |",
+              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
 
     def wins(a, m, base, metric, thr, better):
         leads = sorted({k[4] for k in rows if k[0] == a and k[1] == m and k[2] == metric
@@ -311,7 +357,9 @@ def summary(out: Path) -> str:
                 f"{wins(a, m, 'persistence', 'CSI', '20 dBZ', lambda x, y: x > y)} | "
                 f"{wins(a, m, 'extrapolation', 'MSE', '', lambda x, y: x < y)} | "
                 f"{wins(a, m, 'extrapolation', 'CSI', '20 dBZ', lambda x, y: x >= y)} | "
-                f"{wins(a, m, 'extrapolation', 'CSI', '30 dBZ', lambda x, y: x >= y)} |"
+                f"{wins(a, m, 'extrapolation', 'CSI', '30 dBZ', lambda x, y: x >= y)} | "
+                f"{wins(a, m, 'sprog', 'MSE', '', lambda x, y: x < y)} | "
+                f"{wins(a, m, 'sprog', 'CSI', '20 dBZ', lambda x, y: x >= y)} |"
             )
     text = "\n".join(lines) + "\n"
     (out / "summary.md").write_text(text)

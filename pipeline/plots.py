@@ -216,7 +216,8 @@ def method_styles(methods: list[str]) -> dict[str, tuple[str, str, str]]:
     return styles
 
 
-def skill_curves(rows: list[dict], out_dir: str | Path) -> list[Path]:
+def skill_curves(rows: list[dict], out_dir: str | Path,
+                 lead_label: str = "lead time (min)") -> list[Path]:  # fmt: skip
     """Draw CSI vs lead time (one panel per threshold) and MSE vs lead time; return PNGs."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -235,7 +236,7 @@ def skill_curves(rows: list[dict], out_dir: str | Path) -> list[Path]:
             )
             label, color, style = styles[m]
             ax.plot(*zip(*pts, strict=True), style, color=color, label=label, ms=3)
-        ax.set(title=f"CSI ≥ {thr}", xlabel="lead time (min)", ylim=(0, 1))
+        ax.set(title=f"CSI ≥ {thr}", xlabel=lead_label, ylim=(0, 1))
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("CSI")
     axes[0][0].legend(fontsize=8)
@@ -249,7 +250,7 @@ def skill_curves(rows: list[dict], out_dir: str | Path) -> list[Path]:
                      if r["method"] == m and r["metric"] == "MSE")  # fmt: skip
         label, color, style = styles[m]
         ax.plot(*zip(*pts, strict=True), style, color=color, label=label, ms=3)
-    ax.set(title="MSE (dBZ², valid pixels)", xlabel="lead time (min)", ylabel="MSE")
+    ax.set(title="MSE (dBZ², valid pixels)", xlabel=lead_label, ylabel="MSE")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -42,6 +42,7 @@ DBZ_THRESHOLDS = (20.0, 30.0, 40.0)
 RATE_THRESHOLDS = (0.5, 1.0, 5.0, 10.0)
 FSS_SCALES = (1, 5, 11, 21)  # window sizes in pixels
 CATEGORICAL = ("CSI", "POD", "FAR", "HSS", "ETS")
+_SUMS = ("se", "ae", "px", "ssim", "ssim_n", "n")  # plain sums in a score slot
 
 
 @dataclass(frozen=True)
@@ -126,9 +127,59 @@ class Scores:
                     mine["cat"][key] = det.det_cat_fct_merge(mine["cat"][key], theirs["cat"][key])
                 for key in mine["fss"]:
                     mine["fss"][key] = spatial.fss_merge(mine["fss"][key], theirs["fss"][key])
-                for key in ("se", "ae", "px", "ssim", "ssim_n", "n"):
+                for key in _SUMS:
                     mine[key] += theirs[key]
         return self
+
+    def state(self) -> dict[str, Any]:
+        """The accumulators as plain JSON data; :meth:`from_state` reads them back.
+
+        Stored scores merge like fresh ones, so hindcasts run apart (one archive per session,
+        say) pool exactly as if they had run together.
+        """
+
+        def plain(acc: dict[str, Any]) -> dict[str, Any]:
+            out = {}
+            for key, value in acc.items():
+                if isinstance(value, np.ndarray | np.generic):
+                    if np.ndim(value):
+                        raise ValueError(f"accumulator {key!r} is an array: cannot store it")
+                    value = value.item()
+                out[key] = value
+            return out
+
+        data = {
+            method: {
+                str(lead): {
+                    "cat": [[kind, thr, plain(t)] for (kind, thr), t in slot["cat"].items()],
+                    "fss": [[scale, plain(f)] for scale, f in slot["fss"].items()],
+                    **{key: slot[key] for key in _SUMS},
+                }
+                for lead, slot in leads.items()
+            }
+            for method, leads in self.data.items()
+        }
+        return {"options": repr(self.options), "data": data}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], options: VerifyOptions) -> Scores:
+        """Scores from :meth:`state`, which must have been made with the same ``options``."""
+        if state.get("options") != repr(options):
+            raise ValueError(f"scores made with {state.get('options')}, not {options!r}")
+
+        def numpy(acc: dict[str, Any]) -> dict[str, Any]:  # numpy divides 0 by 0 as NaN
+            return {key: np.float64(v) if isinstance(v, int | float) else v
+                    for key, v in acc.items()}  # fmt: skip
+
+        scores = cls(options)
+        for method, leads in state["data"].items():
+            for lead, slot in leads.items():
+                scores.data.setdefault(method, {})[int(lead)] = {
+                    "cat": {(kind, float(thr)): numpy(t) for kind, thr, t in slot["cat"]},
+                    "fss": {int(scale): numpy(f) for scale, f in slot["fss"]},
+                    **{key: slot[key] for key in _SUMS},
+                }
+        return scores
 
     def table(self) -> list[dict[str, Any]]:
         """Return long-form rows: method, lead_time, metric, threshold, value, n."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -86,3 +87,37 @@ def test_loao_trains_each_fold_in_parallel_and_pools_the_scores(tmp_path):
             "sprog"} <= methods  # fmt: skip
     summary = (out / "summary.md").read_text()
     assert "mimnet-lagrangian" in summary and "sprog" in summary
+
+    # the folds evaluated one run at a time into another DIR pool as they did together
+    again = tmp_path / "one_at_a_time"
+    for name, cube in zip(("a", "b"), cubes, strict=True):
+        (again / "folds" / name).mkdir(parents=True)
+        shutil.copytree(out / "folds" / name / "lagrangian", again / "folds" / name / "lagrangian")
+        done = subprocess.run(
+            [sys.executable, "-m", "mimcast.pipeline.cli", "loao", cube, "--out", str(again),
+             "--stage", "evaluate", "--max-refs", "1", "--variants", "lagrangian", "-v",
+             "--device", "cpu"],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert "pooling a as scored on" in done.stderr  # the earlier run's archive, named
+
+    def pooled(where, by="pooled"):
+        with (where / by / "scores.csv").open() as fh:
+            return {(r["method"], int(r["lead_time"]), r["metric"], r["threshold"]):
+                    float(r["value"]) for r in csv.DictReader(fh)}  # fmt: skip
+
+    for by in ("pooled", "pooled_minutes"):
+        together, apart = pooled(out, by), pooled(again, by)
+        assert together.keys() == apart.keys()
+        assert apart == pytest.approx(together, nan_ok=True)
+    # the same scores, keyed by lead step (5-minute archives) and by lead minutes
+    assert {k[1] for k in pooled(out)} == {1, 2, 3, 4}
+    assert {k[1] for k in pooled(out, "pooled_minutes")} == {5, 10, 15, 20}
+    step, minutes = pooled(out), pooled(out, "pooled_minutes")
+    assert {(m, lead * 5, *rest): v for (m, lead, *rest), v in step.items()} == pytest.approx(
+        minutes, nan_ok=True
+    )
+    assert "Pooled at the same lead time" in (again / "summary.md").read_text()
+    with (again / "per_archive.csv").open() as fh:
+        assert {r["archive"] for r in csv.DictReader(fh)} == {"a", "b"}

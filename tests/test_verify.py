@@ -86,6 +86,29 @@ def test_merge_equals_accumulating_in_one_place():
         assert r1["value"] == pytest.approx(r2["value"], nan_ok=True)
 
 
+def test_stored_scores_merge_like_the_scores_they_came_from():
+    import json
+
+    rng = np.random.default_rng(2)
+    fields = [(rng.random((16, 16)) * 50, rng.random((16, 16)) * 50) for _ in range(4)]
+    one, a, b = Scores(VerifyOptions()), Scores(VerifyOptions()), Scores(VerifyOptions())
+    for i, (f, o) in enumerate(fields):
+        one.add("m", 5, f, o)
+        (a if i < 2 else b).add("m", 5, f, o)
+        b.add("other", 10, f, o)
+    b.add("none", 5, np.zeros((16, 16)), np.zeros((16, 16)))  # no event: CSI is 0/0
+    stored = [json.loads(json.dumps(s.state())) for s in (a, b)]  # through a file's text
+    merged = Scores(VerifyOptions())
+    for state in stored:
+        merged.merge(Scores.from_state(state, VerifyOptions()))
+    assert _rows(merged) == pytest.approx(_rows(one), nan_ok=True)
+    assert _rows(merged, "other", 10) == pytest.approx(_rows(b, "other", 10), nan_ok=True)
+    assert _rows(merged)[("CSI", "20 dBZ")] != _rows(a)[("CSI", "20 dBZ")]  # both halves count
+    assert np.isnan(_rows(merged, "none")[("CSI", "20 dBZ")])
+    with pytest.raises(ValueError, match="scores made with"):
+        Scores.from_state(stored[0], VerifyOptions(dbz_thresholds=(25.0,)))
+
+
 @pytest.fixture(scope="module")
 def advection_cube():
     # pure advection: stratiform rain with frozen shape, uniform wind, no cells

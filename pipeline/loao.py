@@ -253,7 +253,7 @@ def evaluate_all(
                                     "step_minutes": stored["step_minutes"], **row})  # fmt: skip
     if not names:
         raise ValueError(f"{out}: no archive could be scored (no model, or too short)")
-    for scores, where, title, lead_label, lead_note in (
+    for pool, where, title, lead_label, lead_note in (
         (pooled, "pooled", "pooled skill per lead step", "lead time (archive time steps)",
          "lead times are time steps of each archive (archives differ in time step: see "
          "per_archive.csv; on archives of under 4 minutes a model step spans several)"),
@@ -263,7 +263,7 @@ def evaluate_all(
     ):  # fmt: skip
         target = out / where
         target.mkdir(parents=True, exist_ok=True)
-        rows = scores.table()
+        rows = pool.table()
         write_scores_csv(rows, target / "scores.csv")
         figures = skill_curves(rows, target, lead_label)
         notes = ["leave-one-archive-out: each archive scored with models trained on the others",

@@ -74,13 +74,19 @@ def test_nan_regions_are_excluded():
     assert np.isnan(rows[("FAR", "40 dBZ")])
 
 
-def test_merge_equals_accumulating_in_one_place():
-    rng = np.random.default_rng(1)
+def _in_one_place_and_halves(seed: int):
+    """Four random forecasts scored together (``one``) and as two halves (``a``, ``b``)."""
+    rng = np.random.default_rng(seed)
     fields = [(rng.random((16, 16)) * 50, rng.random((16, 16)) * 50) for _ in range(4)]
     one, a, b = Scores(VerifyOptions()), Scores(VerifyOptions()), Scores(VerifyOptions())
     for i, (f, o) in enumerate(fields):
         one.add("m", 5, f, o)
         (a if i < 2 else b).add("m", 5, f, o)
+    return fields, one, a, b
+
+
+def test_merge_equals_accumulating_in_one_place():
+    _, one, a, b = _in_one_place_and_halves(1)
     merged = Scores(VerifyOptions()).merge(a).merge(b)
     for r1, r2 in zip(one.table(), merged.table(), strict=True):
         assert r1["value"] == pytest.approx(r2["value"], nan_ok=True)
@@ -89,12 +95,8 @@ def test_merge_equals_accumulating_in_one_place():
 def test_stored_scores_merge_like_the_scores_they_came_from():
     import json
 
-    rng = np.random.default_rng(2)
-    fields = [(rng.random((16, 16)) * 50, rng.random((16, 16)) * 50) for _ in range(4)]
-    one, a, b = Scores(VerifyOptions()), Scores(VerifyOptions()), Scores(VerifyOptions())
-    for i, (f, o) in enumerate(fields):
-        one.add("m", 5, f, o)
-        (a if i < 2 else b).add("m", 5, f, o)
+    fields, one, a, b = _in_one_place_and_halves(2)
+    for f, o in fields:
         b.add("other", 10, f, o)
     b.add("none", 5, np.zeros((16, 16)), np.zeros((16, 16)))  # no event: CSI is 0/0
     stored = [json.loads(json.dumps(s.state())) for s in (a, b)]  # through a file's text

@@ -384,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     from mimcast.pipeline.defaults import (
         EVALUATE_EVERY,
         EVALUATE_METHODS,
+        FRAMES,
         INGEST_WAIT_S,
         MAP_LEADS,
         MAX_GAP_MINUTES,
@@ -572,8 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="working and output directory")
     p.add_argument("--config", help="run configuration TOML (e.g. data/real.toml)")
     p.add_argument("--stage", choices=["pack", "train", "evaluate", "all"], default="all")
-    p.add_argument("--variants", nargs="+", choices=["lagrangian", "eulerian"],
-                   default=["lagrangian", "eulerian"], help="model frames to train")  # fmt: skip
+    p.add_argument(
+        "--variants", nargs="+", choices=FRAMES, default=list(FRAMES), help="model frames to train"
+    )
     p.add_argument("--no-final", action="store_true", help="skip the model to ship")
     p.add_argument("--exclude", nargs="+", default=["rmi"], metavar="ARCHIVE",
                    help="archives the final model leaves out (default rmi: non-commercial "

@@ -51,6 +51,10 @@ RAIN_THRESHOLD_DBZ = 10.0  # weaker reflectivity gives no rain in the products
 #: 5-15 minute steps lost to persistence at MRMS's 2 minutes and beat it at 4.
 MODEL_MIN_STEP_MINUTES = 4.0
 
+# ---- models
+#: the frames a model can work in (``[data] frame``); also the `mimcast loao` variants
+FRAMES = ("lagrangian", "eulerian")
+
 # ---- motion and scores
 MOTION_FRAMES = 3  # input frames for Lucas-Kanade motion
 FLOOR_DBZ = 0.0  # reflectivity floor for motion, baselines and scores

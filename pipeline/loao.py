@@ -36,7 +36,9 @@ from typing import Any
 
 import numpy as np
 
-VARIANTS = ("lagrangian", "eulerian")
+from mimcast.pipeline.defaults import FRAMES
+
+VARIANTS = FRAMES  # one model per frame
 ACCUMULATORS = "accumulators.json"  # an archive's stored scores, in DIR/evaluation/<archive>/
 
 log = logging.getLogger("mimcast")
@@ -48,7 +50,8 @@ def archive_name(cube: str | Path) -> str:
 
 
 def _variant_config(config, variant: str):
-    return dataclasses.replace(config, data=dataclasses.replace(config.data, frame=variant))
+    """The run configuration of one variant (a frame), with the frame's own model keys."""
+    return config.in_frame(variant)
 
 
 def run_dir(out: Path, fold: str, variant: str) -> Path:

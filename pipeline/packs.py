@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mimcast.pipeline.defaults import FRAMES
+
 #: dBZ <-> uint8: code = round((dBZ - lo) / step), lo = 0 dBZ, step 0.3 dB (0..75 dBZ);
 #: weaker echo and "no echo" are 0; 255 is no data.
 QUANT = (0.0, 0.3)
@@ -230,8 +232,8 @@ class PackDataset:
     ) -> None:
         if split not in ("train", "val"):
             raise ValueError(f"split {split!r}: 'train' or 'val'")
-        if frame not in ("lagrangian", "eulerian"):
-            raise ValueError(f"frame {frame!r}: 'lagrangian' or 'eulerian'")
+        if frame not in FRAMES:
+            raise ValueError(f"frame {frame!r}: one of {', '.join(FRAMES)}")
         with np.load(pack) as data:
             self.arrays = {k: data[k] for k in data.files}
         self.meta = json.loads(self.arrays["meta"].tobytes().decode())

@@ -35,6 +35,7 @@ from mimcast.pipeline.cube import (
     validate_cube,
 )
 from mimcast.pipeline.cube import observed as cube_observed
+from mimcast.pipeline.defaults import FRAMES
 
 SPLITS = ("train", "val", "test")
 
@@ -92,8 +93,8 @@ class SequenceConfig:
     min_step_minutes: float = 0.0  # packs: windows of every k-th frame where the step is shorter
 
     def __post_init__(self) -> None:
-        if self.frame not in ("eulerian", "lagrangian"):
-            raise ValueError(f"SequenceConfig: frame={self.frame!r}: 'eulerian' or 'lagrangian'")
+        if self.frame not in FRAMES:
+            raise ValueError(f"SequenceConfig: frame={self.frame!r}: one of {', '.join(FRAMES)}")
         if self.postprocess not in ("none", "pm"):
             raise ValueError(f"SequenceConfig: postprocess={self.postprocess!r}: 'none' or 'pm'")
         if self.input_length < 1 or self.output_length < 1:

@@ -11,19 +11,25 @@ A run configuration is one TOML file with three tables, each checked against its
 
 The model's ``input_length``/``output_length`` are taken from ``[data]`` when ``[model]`` does
 not set them, and must agree when both do.
+
+A frame may change model keys for its own models: ``[eulerian.model]`` (or
+``[lagrangian.model]``) applies when the run's ``[data] frame`` is that frame, and when
+``mimcast loao`` trains that variant from the same file (:meth:`RunConfig.in_frame`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mimcast.models.mimnet import MIMNetConfig
 from mimcast.models.train import TrainConfig, TrainResult
 from mimcast.pipeline.config import ConfigError, from_mapping, to_dict
-from mimcast.pipeline.defaults import DEFAULT_TRAIN_CONFIG
+from mimcast.pipeline.defaults import DEFAULT_TRAIN_CONFIG, FRAMES
 from mimcast.pipeline.sequences import SequenceConfig
 
 
@@ -34,6 +40,19 @@ class RunConfig:
     model: MIMNetConfig
     data: SequenceConfig
     train: TrainConfig
+    #: model keys of each frame's own table (``[eulerian.model]``), applied by in_frame
+    frame_model: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: the file's [model] before any frame's keys (None: ``model``)
+    shared_model: MIMNetConfig | None = None
+
+    def in_frame(self, frame: str) -> RunConfig:
+        """This configuration for a model in ``frame``: ``[data] frame`` set, and the
+        frame's own model keys applied over the shared ``[model]``."""
+        base = self.shared_model or self.model
+        keys = self.frame_model.get(frame, {})
+        model = from_mapping(MIMNetConfig, {**to_dict(base), **keys}, where=f"[{frame}.model]")
+        data = dataclasses.replace(self.data, frame=frame)
+        return dataclasses.replace(self, model=model, data=data, shared_model=base)
 
     def to_dict(self) -> dict[str, Any]:
         """Return plain data (for JSON/TOML and checkpoint metadata)."""
@@ -53,9 +72,19 @@ def load_run_config(path: str | Path | None = None, **train_overrides: Any) -> R
         raise ConfigError(f"{path}: configuration file not found") from err
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from err
-    unknown = sorted(set(doc) - {"model", "data", "train"})
+    unknown = sorted(set(doc) - {"model", "data", "train", *FRAMES})
     if unknown:
-        raise ConfigError(f"{path}: unknown table(s) {unknown}; known: [model], [data], [train]")
+        raise ConfigError(f"{path}: unknown table(s) {unknown}; known: [model], [data], [train], "
+                          f"and [<frame>.model] for a frame of {', '.join(FRAMES)}")  # fmt: skip
+    frame_model: dict[str, dict[str, Any]] = {}
+    for frame in FRAMES:
+        table = doc.get(frame, {})
+        if not isinstance(table, Mapping) or set(table) - {"model"}:
+            raise ConfigError(f"{path}: [{frame}] may only hold a [{frame}.model] table")
+        fixed = sorted(set(table.get("model", {})) & {"input_length", "output_length"})
+        if fixed:
+            raise ConfigError(f"{path}: [{frame}.model] {', '.join(fixed)}: set in [data]")
+        frame_model[frame] = dict(table.get("model", {}))
     data = from_mapping(SequenceConfig, doc.get("data", {}), where=f"{path} [data]")
     model_doc = dict(doc.get("model", {}))
     for key, value in (("input_length", data.input_length), ("output_length", data.output_length)):
@@ -67,7 +96,13 @@ def load_run_config(path: str | Path | None = None, **train_overrides: Any) -> R
     train_doc = dict(doc.get("train", {}))
     train_doc.update({k: v for k, v in train_overrides.items() if v is not None})
     train = from_mapping(TrainConfig, train_doc, where=f"{path} [train]")
-    return RunConfig(model, data, train)
+    config = RunConfig(model, data, train, frame_model)
+    for frame in FRAMES:  # a mistake in any frame's table fails now, naming the file
+        try:
+            config.in_frame(frame)
+        except ConfigError as err:
+            raise ConfigError(f"{path} {err}") from err
+    return config.in_frame(data.frame)
 
 
 def run_training(

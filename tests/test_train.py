@@ -19,6 +19,7 @@ import torch
 from mimcast.models.checkpoint import load_checkpoint
 from mimcast.models.mimnet import MIMNet
 from mimcast.models.train import EpochSampler, masked_loss, read_metrics, validate
+from mimcast.pipeline import loao
 from mimcast.pipeline.config import ConfigError
 from mimcast.pipeline.ingest import ingest
 from mimcast.pipeline.sequences import RadarSequenceDataset
@@ -127,6 +128,33 @@ def test_config_rejects_unknown_keys_and_inconsistent_lengths(tmp_path):
         load_run_config(bad)
     default = load_run_config()
     assert default.model.output_length == default.data.output_length == 12
+
+
+def test_a_frame_table_changes_only_that_frames_models(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[model]\nresidual = true\nnum_hidden = 8\n[data]\nframe = "lagrangian"\n'
+                    "[eulerian.model]\nresidual = false\n")  # fmt: skip
+    config = load_run_config(path)
+    assert config.model.residual and config.data.frame == "lagrangian"
+    eulerian = config.in_frame("eulerian")
+    assert not eulerian.model.residual and eulerian.model.num_hidden == 8
+    assert eulerian.data.frame == "eulerian"
+    assert eulerian.in_frame("lagrangian").model == config.model  # back to the shared [model]
+    path.write_text(path.read_text().replace('"lagrangian"', '"eulerian"'))
+    assert not load_run_config(path).model.residual  # the file's own frame takes its table
+    for bad, match in (
+        ("[eulerian.model]\nresidul = false\n", r"run.toml \[eulerian.model\]: unknown.*'residul'"),
+        ("[eulerian.train]\nlr = 0.1\n", r"\[eulerian\] may only hold a \[eulerian.model\]"),
+        ("[lagrangian.model]\ninput_length = 3\n", r"input_length: set in \[data\]"),
+    ):  # fmt: skip
+        path.write_text(bad)
+        with pytest.raises(ConfigError, match=match):
+            load_run_config(path)
+    # the real-radar recipes train their Eulerian variant without the residual head
+    for recipe in ("real.toml", "real_cpu.toml"):
+        shipped = load_run_config(Path(__file__).parents[1] / "data" / recipe)
+        eulerian = loao._variant_config(shipped, "eulerian")
+        assert shipped.model.residual and not eulerian.model.residual
 
 
 def test_fifty_steps_lower_the_validation_mse(cube, config_file, tmp_path):

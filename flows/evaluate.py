@@ -6,7 +6,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from mimcast.flows.common import dask_task_runner, site_settings
-from mimcast.pipeline.defaults import EVALUATE_EVERY, EVALUATE_METHODS, MODEL_MIN_STEP_MINUTES
+from mimcast.pipeline.defaults import EVALUATE_EVERY, EVALUATE_METHODS, MIN_STEP_MINUTES
 from mimcast.pipeline.evaluation import (
     build_forecasters,
     finish_evaluation,
@@ -27,7 +27,7 @@ def evaluate_flow(
     every: int = EVALUATE_EVERY,
     methods: list[str] | None = None,
     postprocess: str | None = None,
-    min_step_minutes: float = MODEL_MIN_STEP_MINUTES,
+    min_step_minutes: float = MIN_STEP_MINUTES,
 ) -> dict:
     """Score the methods (default MIMNet, persistence, extrapolation); write the report."""
     site = site_settings()

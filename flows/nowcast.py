@@ -13,7 +13,7 @@ from prefect.states import Completed, Failed
 
 from mimcast.flows.common import site_settings
 from mimcast.models.checkpoint import CheckpointError
-from mimcast.pipeline.defaults import FALLBACK_METHOD, MODEL_MIN_STEP_MINUTES, NOWCAST_METHOD
+from mimcast.pipeline.defaults import FALLBACK_METHOD, MIN_STEP_MINUTES, NOWCAST_METHOD
 from mimcast.pipeline.nowcast import (
     NoValidDataError,
     NowcastError,
@@ -41,7 +41,7 @@ def nowcast_flow(
     fallback: str | None = FALLBACK_METHOD,
     skip_existing: bool = True,
     geotiff: bool = False,
-    min_step_minutes: float = MODEL_MIN_STEP_MINUTES,
+    min_step_minutes: float = MIN_STEP_MINUTES,
 ):
     """Nowcast from the cube; without complete input frames, end as ``Skipped`` saying which.
 

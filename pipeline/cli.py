@@ -360,7 +360,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _add_model_inputs(p: argparse.ArgumentParser) -> None:
     """The arguments every command that runs forecast methods takes."""
-    from mimcast.pipeline.defaults import DEFAULT_LEADS, MODEL_MIN_STEP_MINUTES
+    from mimcast.pipeline.defaults import DEFAULT_LEADS, MIN_STEP_MINUTES
 
     p.add_argument("cube", metavar="CUBE", help="Zarr cube from 'mimcast ingest'")
     p.add_argument("--checkpoint", help="model checkpoint for 'mimnet' (default: the shipped "
@@ -370,10 +370,11 @@ def _add_model_inputs(p: argparse.ArgumentParser) -> None:
                    f"{DEFAULT_LEADS} for methods without one)")  # fmt: skip
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--device", default="auto", type=_device, help="auto, cpu, cuda, cuda:1")
-    p.add_argument("--min-step-minutes", type=_non_negative, default=MODEL_MIN_STEP_MINUTES,
-                   metavar="MIN", help="MIMNet runs on every k-th frame of archives with "
-                   "shorter steps, so that a model step lasts at least MIN minutes; the leads "
-                   f"in between are interpolated (default {MODEL_MIN_STEP_MINUTES:g}; 0: every "
+    p.add_argument("--min-step-minutes", type=_non_negative, default=MIN_STEP_MINUTES,
+                   metavar="MIN", help="on archives with shorter steps, MIMNet runs on every "
+                   "k-th frame so that a model step lasts at least MIN minutes (the leads in "
+                   "between are interpolated), and extrapolation and S-PROG estimate their "
+                   f"motion on every k-th frame (default {MIN_STEP_MINUTES:g}; 0: every "
                    "frame)")  # fmt: skip
 
 

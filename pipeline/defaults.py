@@ -45,11 +45,15 @@ DEFAULT_LEADS = 12  # lead steps of methods without a fixed horizon (baselines)
 MAP_LEADS = (15, 30, 60)  # lead times (minutes) drawn as maps
 ECHO_THRESHOLD_DBZ = 5.0  # weaker predicted reflectivity is "no echo"
 RAIN_THRESHOLD_DBZ = 10.0  # weaker reflectivity gives no rain in the products
-#: MIMNet runs on every k-th frame of archives with shorter steps, so that one model step is
-#: at least this long (2-minute archives: 4-minute model steps; leads in between are
-#: interpolated). Measured on the MRMS fold (data/MODEL_CARD.md): a model trained mostly on
-#: 5-15 minute steps lost to persistence at MRMS's 2 minutes and beat it at 4.
-MODEL_MIN_STEP_MINUTES = 4.0
+#: Methods see frames at least this many minutes apart. MIMNet runs on every k-th frame of
+#: archives with shorter steps (2-minute archives: 4-minute model steps; the leads in between
+#: are interpolated), and extrapolation and S-PROG estimate their motion on every k-th frame.
+#: Measured on MRMS (data/MODEL_CARD.md): a model trained mostly on 5-15 minute steps lost to
+#: persistence at MRMS's 2 minutes and beat it at 4; Lucas-Kanade on frames 2 minutes apart
+#: (0.2 px of motion on its 4 km grid) returned speeds up to 3 times too high on a fifth of the
+#: echo, and extrapolation along it lost a third more MSE than along the motion of frames 4
+#: minutes apart. On 5- to 10-minute archives a longer span changed nothing measurable.
+MIN_STEP_MINUTES = 4.0
 
 # ---- models
 #: the frames a model can work in (``[data] frame``); also the `mimcast loao` variants

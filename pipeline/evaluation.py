@@ -15,7 +15,7 @@ import numpy as np
 import xarray as xr
 
 from mimcast.pipeline.cube import VARIABLE, open_cube, step_minutes
-from mimcast.pipeline.defaults import EVALUATE_EVERY, EVALUATE_METHODS, MODEL_MIN_STEP_MINUTES
+from mimcast.pipeline.defaults import EVALUATE_EVERY, EVALUATE_METHODS, MIN_STEP_MINUTES
 from mimcast.pipeline.forecasters import at_time_step, get_forecaster
 
 
@@ -49,7 +49,7 @@ def build_forecasters(
     checkpoint: str | Path | None = None,
     device: str = "auto",
     postprocess: str | None = None,
-    min_step_minutes: float = MODEL_MIN_STEP_MINUTES,
+    min_step_minutes: float = MIN_STEP_MINUTES,
 ) -> dict[str, Any]:
     """Build the registered ``methods`` (labels = names) with one set of options."""
     if not methods:
@@ -184,7 +184,7 @@ def run_evaluate(
     scheduler: str | None = None,
     device: str = "auto",
     progress: bool = False,
-    min_step_minutes: float = MODEL_MIN_STEP_MINUTES,
+    min_step_minutes: float = MIN_STEP_MINUTES,
 ) -> EvaluateOutputs:
     """Hindcast over a cube: every method per reference time, in parallel with dask.
 

@@ -12,8 +12,9 @@ grid); never "no rain". Each forecaster also says how many input frames it reads
 
 A forecaster may also adapt to the archive's time step: :func:`at_time_step` hands it the
 cube's step in minutes before any of the above is read (nowcast, evaluate and loao do so);
-a forecaster without an ``at_time_step`` method is used as it is. MIMNet uses it to run on
-every k-th frame of archives with short steps (``min_step_minutes``).
+a forecaster without an ``at_time_step`` method is used as it is. On archives with steps
+shorter than ``min_step_minutes`` MIMNet uses it to run on every k-th frame, and
+extrapolation and S-PROG to estimate their motion on every k-th frame.
 
 :func:`get_forecaster` builds one by name (an unknown name raises ``ValueError`` listing the
 known ones); :func:`list_forecasters` lists the names. Nowcast, evaluate, the CLI and the
@@ -55,7 +56,7 @@ from mimcast.pipeline.defaults import (
     DEFAULT_LEADS,
     ECHO_THRESHOLD_DBZ,
     FLOOR_DBZ,
-    MODEL_MIN_STEP_MINUTES,
+    MIN_STEP_MINUTES,
     MOTION_FRAMES,
     SHIPPED_CHECKPOINT,
 )
@@ -178,15 +179,44 @@ class Persistence:
 
 @dataclass
 class _MotionMethod:
-    """A method driven by the Lucas-Kanade motion of the last ``motion_frames`` inputs."""
+    """A method driven by the Lucas-Kanade motion of ``motion_frames`` inputs.
+
+    On archives with steps shorter than ``min_step_minutes`` the motion is estimated on every
+    k-th frame (the frames then span at least ``min_step_minutes`` per step, as MIMNet's do)
+    and scaled back to pixels per archive step: at sub-pixel displacements per step
+    Lucas-Kanade is noisy (see ``MIN_STEP_MINUTES``).
+    """
 
     motion_frames: int = MOTION_FRAMES
     max_leads: int | None = None
     default_leads: int = DEFAULT_LEADS
+    min_step_minutes: float = MIN_STEP_MINUTES
+    time_step_minutes: float | None = None  # the archive's step (at_time_step); None: unknown
+
+    def __post_init__(self) -> None:
+        _check_steps(self)
+
+    def at_time_step(self, minutes: float):
+        """This method for an archive with ``minutes`` between frames."""
+        return dataclasses.replace(self, time_step_minutes=float(minutes))
+
+    @property
+    def stride(self) -> int:
+        """Archive frames between the frames the motion is estimated on."""
+        return frame_stride(self.time_step_minutes, self.min_step_minutes)
 
     @property
     def input_frames(self) -> int:
-        return self.motion_frames
+        return (self.motion_frames - 1) * self.stride + 1
+
+    def velocity(self, inputs: np.ndarray) -> np.ndarray:
+        """Motion ``(2, H, W)`` in pixels per archive step (see the class docstring)."""
+        stride = self.stride
+        span = (self.motion_frames - 1) * stride + 1  # ends on the last frame
+        if inputs.shape[0] < span:
+            raise ValueError(f"{self.name}: needs {span} input frames, got {inputs.shape[0]}")
+        velocity = motion_field(inputs[-span::stride], self.motion_frames)
+        return velocity if stride == 1 else velocity / np.float32(stride)
 
 
 @dataclass
@@ -197,7 +227,7 @@ class Extrapolation(_MotionMethod):
     description: ClassVar[str] = "pysteps Lucas-Kanade motion + semi-Lagrangian advection"
 
     def __call__(self, inputs: np.ndarray, n_leads: int) -> np.ndarray:
-        velocity = motion_field(inputs, self.motion_frames)
+        velocity = self.velocity(inputs)
         last = np.nan_to_num(np.maximum(inputs[-1], FLOOR_DBZ), nan=FLOOR_DBZ)
         extrap = pysteps().nowcasts.get_method("extrapolation")
         with warnings.catch_warnings():
@@ -214,15 +244,22 @@ class SProg(_MotionMethod):
     name: ClassVar[str] = "sprog"
     description: ClassVar[str] = "pysteps S-PROG (spectral cascade, AR(2) per scale)"
 
+    #: S-PROG's AR(2) model of each cascade level reads the last 3 frames at the archive's step
+    ar_order: ClassVar[int] = 2
+
+    @property
+    def input_frames(self) -> int:
+        return max(super().input_frames, self.ar_order + 1)
+
     def __call__(self, inputs: np.ndarray, n_leads: int) -> np.ndarray:
-        velocity = motion_field(inputs, self.motion_frames)
-        field_ = np.nan_to_num(np.maximum(inputs[-self.motion_frames :], FLOOR_DBZ), nan=FLOOR_DBZ)
+        velocity = self.velocity(inputs)
+        field_ = np.nan_to_num(np.maximum(inputs[-self.ar_order - 1 :], FLOOR_DBZ), nan=FLOOR_DBZ)
         # S-PROG prints its configuration: silence it, one thread at a time
         with STDOUT_LOCK, warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             out = pysteps().nowcasts.get_method("sprog")(
                 field_, velocity, n_leads, precip_thr=10.0, n_cascade_levels=6,
-                measure_time=False, ar_order=2,
+                measure_time=False, ar_order=self.ar_order,
             )  # fmt: skip
         out = np.asarray(out, dtype=np.float32)  # NaN where advected in from outside
         return _mark_no_data(out, inputs[-1])
@@ -261,7 +298,7 @@ class MIMNetForecaster:
     echo_threshold_dbz: float = ECHO_THRESHOLD_DBZ  # weaker predictions are "no echo"
     # a model step spans at least this many minutes: on archives with shorter steps the model
     # reads every k-th frame and the leads between its steps are interpolated (0: every frame)
-    min_step_minutes: float = MODEL_MIN_STEP_MINUTES
+    min_step_minutes: float = MIN_STEP_MINUTES
     time_step_minutes: float | None = None  # the archive's step (at_time_step); None: unknown
     preloaded: Any = field(default=None, repr=False)  # a Checkpoint in memory (from_model)
 
@@ -270,10 +307,7 @@ class MIMNetForecaster:
             self.checkpoint = str(SHIPPED_CHECKPOINT) if self.preloaded is None else "in memory"
         if self.postprocess not in (None, "none", "pm"):
             raise ValueError(f"postprocess={self.postprocess!r}: 'none' or 'pm'")
-        if not 0 <= self.min_step_minutes < math.inf:
-            raise ValueError(f"min_step_minutes={self.min_step_minutes}: must be >= 0 and finite")
-        if self.time_step_minutes is not None and not self.time_step_minutes > 0:
-            raise ValueError(f"time_step_minutes={self.time_step_minutes}: must be > 0")
+        _check_steps(self)
 
     def at_time_step(self, minutes: float) -> MIMNetForecaster:
         """This forecaster for an archive with ``minutes`` between frames."""
@@ -386,6 +420,14 @@ class MIMNetForecaster:
         dbz = norm.denormalize(pred).astype(np.float32)
         dbz[~known] = np.nan
         return dbz
+
+
+def _check_steps(method) -> None:
+    """Validate a method's ``min_step_minutes`` and ``time_step_minutes``."""
+    if not 0 <= method.min_step_minutes < math.inf:
+        raise ValueError(f"min_step_minutes={method.min_step_minutes}: must be >= 0 and finite")
+    if method.time_step_minutes is not None and not method.time_step_minutes > 0:
+        raise ValueError(f"time_step_minutes={method.time_step_minutes}: must be > 0")
 
 
 def frame_stride(time_step_minutes: float | None, min_step_minutes: float) -> int:

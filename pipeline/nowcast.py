@@ -35,7 +35,7 @@ from mimcast.pipeline.cube import GRID_MAPPING, VARIABLE, parse_time, step_minut
 from mimcast.pipeline.cube import observed as cube_observed
 from mimcast.pipeline.defaults import (
     MAP_LEADS,
-    MODEL_MIN_STEP_MINUTES,
+    MIN_STEP_MINUTES,
     NOWCAST_METHOD,
     RAIN_THRESHOLD_DBZ,
 )
@@ -294,13 +294,14 @@ def run_nowcast(
     device: str = "auto",
     steps: int | None = None,
     geotiff: bool = False,
-    min_step_minutes: float = MODEL_MIN_STEP_MINUTES,
+    min_step_minutes: float = MIN_STEP_MINUTES,
 ) -> NowcastOutputs:
     """Nowcast from a Zarr cube with a registered method; write NetCDF (and quicklooks).
 
     ``geotiff``: also write a Cloud-Optimised GeoTIFF per lead time (:mod:`pipeline.geotiff`).
-    ``min_step_minutes``: MIMNet's shortest model step (every k-th frame of shorter-step
-    archives; see :class:`~mimcast.pipeline.forecasters.MIMNetForecaster`).
+    ``min_step_minutes``: on archives with shorter steps, MIMNet's shortest model step and
+    the span per step of the frames extrapolation and S-PROG estimate their motion on (every
+    k-th frame; see :mod:`~mimcast.pipeline.forecasters`).
     """
     from mimcast.pipeline.cube import open_cube
     from mimcast.pipeline.forecasters import at_time_step, get_forecaster
@@ -352,7 +353,7 @@ def existing_product(
     checkpoint: str | Path | None = None,
     time: str = "latest",
     source: str | None = None,
-    min_step_minutes: float = MODEL_MIN_STEP_MINUTES,
+    min_step_minutes: float = MIN_STEP_MINUTES,
 ) -> Path | None:
     """Return the product that a nowcast at ``time`` would write, if it exists already.
 

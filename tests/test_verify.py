@@ -138,6 +138,46 @@ def test_extrapolation_beats_persistence_on_pure_advection(advection_cube):
         assert mse[("sprog", lead)] < mse[("persistence", lead)], lead
 
 
+def _slow_noisy_frames(seed: int, n: int = 7, speed: float = 0.25) -> np.ndarray:
+    """A smooth echo moving ``speed`` px per frame along x, each frame with its own noise."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    base = ndimage.gaussian_filter(rng.normal(size=(96, 96)), 4)
+    base = np.clip((base - base.mean()) / base.std() * 12 + 25, 0, 55)
+    frames = [ndimage.shift(base, (0, speed * k), order=3, mode="nearest")
+              + rng.normal(0, 4.0, base.shape) for k in range(n)]  # fmt: skip
+    return np.stack(frames).astype(np.float32)
+
+
+def test_motion_of_short_step_archives_is_estimated_on_frames_min_step_apart():
+    """At 2-minute steps the echo moves a fraction of a pixel per frame and Lucas-Kanade on
+    consecutive frames is noisy: extrapolation and S-PROG take every 2nd frame (4 minutes)."""
+    from mimcast.pipeline.forecasters import motion_field
+
+    errors = {0: [], 4: []}
+    for seed in range(4):
+        frames = _slow_noisy_frames(seed)
+        for min_step in errors:
+            v = get_forecaster("extrapolation", min_step_minutes=min_step).at_time_step(2)
+            v = v.velocity(frames)[:, 20:76, 20:76]  # px per 2-minute step, away from edges
+            errors[min_step].append(np.hypot(v[0] - 0.25, v[1]).mean())
+    assert np.mean(errors[4]) < 0.6 * np.mean(errors[0]), errors
+
+    frames = _slow_noisy_frames(0)
+    for name in ("extrapolation", "sprog"):
+        fc = get_forecaster(name).at_time_step(2)
+        assert (fc.stride, fc.input_frames) == (2, 5)
+        np.testing.assert_allclose(fc.velocity(frames), motion_field(frames[-5::2]) / 2)
+        assert get_forecaster(name).at_time_step(5).input_frames == 3
+        assert get_forecaster(name, min_step_minutes=0).at_time_step(2).stride == 1
+        assert get_forecaster(name).at_time_step(2)(frames, 3).shape == (3, 96, 96)
+        with pytest.raises(ValueError, match="needs 5 input frames"):
+            fc(frames[-4:], 3)
+    # S-PROG's AR(2) reads 3 frames even when its motion reads fewer
+    assert get_forecaster("sprog", motion_frames=2).input_frames == 3
+
+
 def test_forecasters_share_one_signature():
     assert {"mimnet", "persistence", "extrapolation", "sprog"} <= set(list_forecasters())
     inputs = np.random.default_rng(2).random((4, 32, 32)).astype(np.float32) * 40

@@ -163,6 +163,32 @@ def probability_match(forecast: np.ndarray, reference: np.ndarray) -> np.ndarray
 # the methods
 
 
+class _ReadsEveryKthFrame:
+    """Shared by methods that read every k-th frame of archives with short steps.
+
+    The dataclasses using it declare ``min_step_minutes`` and ``time_step_minutes`` (their own
+    fields, so that their argument order stays theirs); :func:`at_time_step` sets the latter.
+    """
+
+    min_step_minutes: float
+    time_step_minutes: float | None
+
+    def _check_steps(self) -> None:
+        if not 0 <= self.min_step_minutes < math.inf:
+            raise ValueError(f"min_step_minutes={self.min_step_minutes}: must be >= 0 and finite")
+        if self.time_step_minutes is not None and not self.time_step_minutes > 0:
+            raise ValueError(f"time_step_minutes={self.time_step_minutes}: must be > 0")
+
+    def at_time_step(self, minutes: float):
+        """This method for an archive with ``minutes`` between frames."""
+        return dataclasses.replace(self, time_step_minutes=float(minutes))
+
+    @property
+    def stride(self) -> int:
+        """Archive frames per step read: the fewest that span ``min_step_minutes``."""
+        return frame_stride(self.time_step_minutes, self.min_step_minutes)
+
+
 @dataclass
 class Persistence:
     """The last observed frame at every lead."""
@@ -178,7 +204,7 @@ class Persistence:
 
 
 @dataclass
-class _MotionMethod:
+class _MotionMethod(_ReadsEveryKthFrame):
     """A method driven by the Lucas-Kanade motion of ``motion_frames`` inputs.
 
     On archives with steps shorter than ``min_step_minutes`` the motion is estimated on every
@@ -194,25 +220,20 @@ class _MotionMethod:
     time_step_minutes: float | None = None  # the archive's step (at_time_step); None: unknown
 
     def __post_init__(self) -> None:
-        _check_steps(self)
-
-    def at_time_step(self, minutes: float):
-        """This method for an archive with ``minutes`` between frames."""
-        return dataclasses.replace(self, time_step_minutes=float(minutes))
+        self._check_steps()
 
     @property
-    def stride(self) -> int:
-        """Archive frames between the frames the motion is estimated on."""
-        return frame_stride(self.time_step_minutes, self.min_step_minutes)
+    def motion_span(self) -> int:
+        """Archive frames from the first motion frame to the last input, inclusive."""
+        return (self.motion_frames - 1) * self.stride + 1
 
     @property
     def input_frames(self) -> int:
-        return (self.motion_frames - 1) * self.stride + 1
+        return self.motion_span
 
     def velocity(self, inputs: np.ndarray) -> np.ndarray:
         """Motion ``(2, H, W)`` in pixels per archive step (see the class docstring)."""
-        stride = self.stride
-        span = (self.motion_frames - 1) * stride + 1  # ends on the last frame
+        span, stride = self.motion_span, self.stride
         if inputs.shape[0] < span:
             raise ValueError(f"{self.name}: needs {span} input frames, got {inputs.shape[0]}")
         velocity = motion_field(inputs[-span::stride], self.motion_frames)
@@ -249,7 +270,7 @@ class SProg(_MotionMethod):
 
     @property
     def input_frames(self) -> int:
-        return max(super().input_frames, self.ar_order + 1)
+        return max(self.motion_span, self.ar_order + 1)
 
     def __call__(self, inputs: np.ndarray, n_leads: int) -> np.ndarray:
         velocity = self.velocity(inputs)
@@ -283,7 +304,7 @@ def load_checkpoint_cached(path: str | Path):
 
 
 @dataclass
-class MIMNetForecaster:
+class MIMNetForecaster(_ReadsEveryKthFrame):
     """A trained model from a checkpoint: dBZ in, dBZ out, as its checkpoint says."""
 
     name: ClassVar[str] = "mimnet"
@@ -307,16 +328,7 @@ class MIMNetForecaster:
             self.checkpoint = str(SHIPPED_CHECKPOINT) if self.preloaded is None else "in memory"
         if self.postprocess not in (None, "none", "pm"):
             raise ValueError(f"postprocess={self.postprocess!r}: 'none' or 'pm'")
-        _check_steps(self)
-
-    def at_time_step(self, minutes: float) -> MIMNetForecaster:
-        """This forecaster for an archive with ``minutes`` between frames."""
-        return dataclasses.replace(self, time_step_minutes=float(minutes))
-
-    @property
-    def stride(self) -> int:
-        """Archive frames per model step: the fewest that span ``min_step_minutes``."""
-        return frame_stride(self.time_step_minutes, self.min_step_minutes)
+        self._check_steps()
 
     @classmethod
     def from_model(cls, model, inputs=None, **options: Any) -> MIMNetForecaster:
@@ -420,14 +432,6 @@ class MIMNetForecaster:
         dbz = norm.denormalize(pred).astype(np.float32)
         dbz[~known] = np.nan
         return dbz
-
-
-def _check_steps(method) -> None:
-    """Validate a method's ``min_step_minutes`` and ``time_step_minutes``."""
-    if not 0 <= method.min_step_minutes < math.inf:
-        raise ValueError(f"min_step_minutes={method.min_step_minutes}: must be >= 0 and finite")
-    if method.time_step_minutes is not None and not method.time_step_minutes > 0:
-        raise ValueError(f"time_step_minutes={method.time_step_minutes}: must be > 0")
 
 
 def frame_stride(time_step_minutes: float | None, min_step_minutes: float) -> int:

@@ -13,6 +13,10 @@ MIMNet's latency over extrapolation's. For MIMNet the network alone is also time
 floating-point work counted (``torch.utils.flop_counter``), against the machine's measured
 peak for convolutions and matrix products at the same precision (a ``peak`` line first).
 One JSON object per line; never an assertion on time.
+
+``--network-only`` times the network alone (the ``network_s`` figures) on synthetic echo
+fields, with no cube, NetCDF or baseline: for a machine that has torch but not the I/O stack
+(zarr, netCDF4, pyproj, pysteps), such as a borrowed GPU box.
 """
 
 from __future__ import annotations
@@ -80,18 +84,56 @@ def model_work(fc, inputs, device: str) -> tuple[float, float]:
     return time.perf_counter() - start, counter.get_total_flops() / 1e9
 
 
+def echo_frames(n: int, size: int, seed: int = 0):
+    """``n`` frames of smooth echo (dBZ, about 0-55, a third of the grid dry), moving slowly."""
+    import numpy as np
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    field = gaussian_filter(rng.standard_normal((size + 2 * n, size + 2 * n)), size / 32)
+    field = (field - field.mean()) / field.std()
+    frames = [np.clip(25 + 15 * field[k : k + size, k : k + size], 0, 60) for k in range(n)]
+    return np.stack(frames).astype(np.float32)
+
+
+def network_only(args, devices: list[str], ckpt: Path) -> int:
+    """The network alone per grid and device, against the measured peak (``--network-only``)."""
+    import torch
+
+    from mimcast.models.device import bf16_native
+    from mimcast.pipeline.forecasters import MIMNetForecaster
+
+    peaks = {d: measured_peak(d, args.bf16) for d in devices}
+    for d, peak in peaks.items():
+        print(json.dumps({"peak": d, "bf16": args.bf16 and bf16_native(d), **peak}), flush=True)
+    for size in args.sizes:
+        for device in devices:
+            fc = MIMNetForecaster(str(ckpt), device=device, bf16=args.bf16)
+            inputs = echo_frames(fc.input_frames, size, seed=size)
+            runs = [model_work(fc, inputs, device) for _ in range(args.repeats)]
+            seconds, gflop = min(r[0] for r in runs), runs[0][1]
+            best = max(peaks[device].values())
+            print(json.dumps({
+                "grid": [size, size], "device": device,
+                "device_name": torch.cuda.get_device_name() if device.startswith("cuda")
+                else "cpu",
+                "threads": torch.get_num_threads(), "bf16": args.bf16 and bf16_native(device),
+                "model": fc.describe(), "tiled": size * size > fc.max_pixels,
+                "network_s": round(seconds, 4), "gflop": round(gflop, 1),
+                "gflops_per_s": round(gflop / seconds, 1),
+                "fraction_of_peak": round(gflop / seconds / best, 3),
+                "peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)
+                if device.startswith("cuda") else None,
+            }), flush=True)  # fmt: skip
+    return 0
+
+
 def main(argv=None) -> int:
     import torch
 
     from mimcast.models.device import bf16_native
     from mimcast.models.mimnet import MIMNet
-    from mimcast.pipeline import forecasters
-    from mimcast.pipeline.cube import open_cube
     from mimcast.pipeline.defaults import SHIPPED_CHECKPOINT
-    from mimcast.pipeline.forecasters import MIMNetForecaster, get_forecaster
-    from mimcast.pipeline.netcdf import write_nowcast
-    from mimcast.pipeline.nowcast import NowcastOptions, nowcast
-    from mimcast.pipeline.synthetic import SyntheticConfig, synthetic_cube
     from mimcast.pipeline.training import load_run_config
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -102,9 +144,20 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--methods", nargs="+", default=["mimnet", "extrapolation"],
                         help="registered methods to time on the same cubes")  # fmt: skip
+    parser.add_argument("--network-only", action="store_true",
+                        help="time the network alone: no cube, NetCDF or baselines")  # fmt: skip
     args = parser.parse_args(argv)
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     ckpt = Path(args.checkpoint) if args.checkpoint else SHIPPED_CHECKPOINT
+    if args.network_only:
+        return network_only(args, devices, ckpt)
+
+    from mimcast.pipeline import forecasters
+    from mimcast.pipeline.cube import open_cube
+    from mimcast.pipeline.forecasters import MIMNetForecaster, get_forecaster
+    from mimcast.pipeline.netcdf import write_nowcast
+    from mimcast.pipeline.nowcast import NowcastOptions, nowcast
+    from mimcast.pipeline.synthetic import SyntheticConfig, synthetic_cube
 
     def method(name: str, device: str):
         if name != "mimnet":

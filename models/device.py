@@ -29,10 +29,29 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def local_world_size() -> int:
+    """How many processes torchrun started on this node (``LOCAL_WORLD_SIZE``); 1 otherwise."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+def ddp_backend(device_type: str, local_world: int, gpus: int) -> str:
+    """The process-group backend for DDP on ``device_type`` (``cpu`` or ``cuda``).
+
+    NCCL where each process on the node has a GPU of its own. NCCL refuses two ranks on one
+    GPU, so where torchrun starts more processes than the node has GPUs they share them
+    round-robin over gloo, which reduces CUDA tensors too (slower, but it runs). CPU: gloo.
+    """
+    if device_type == "cuda" and 0 < local_world <= gpus:
+        return "nccl"
+    return "gloo"
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """Return the ``torch.device`` for ``name``, checked against this machine.
 
-    ``auto`` is ``cuda:<local_rank>`` when CUDA is present, else ``cpu``.
+    ``auto`` is ``cuda:<local_rank>`` when CUDA is present, else ``cpu``; a plain ``cuda`` is
+    the same GPU. With more local ranks than GPUs, ranks share them: ``local_rank`` modulo the
+    number of GPUs (see :func:`ddp_backend`).
 
     Raises
     ------
@@ -42,8 +61,10 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     import torch
 
     name = check_device_name(name)
+    if name in ("auto", "cuda") and torch.cuda.is_available() and torch.cuda.device_count():
+        return torch.device(f"cuda:{local_rank % torch.cuda.device_count()}")
     if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+        return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0

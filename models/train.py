@@ -16,8 +16,8 @@ Contract
 - ``training_curves.png``: loss, validation MSE and CSI against steps.
 
 When launched by ``torchrun`` (``WORLD_SIZE`` > 1) it trains with DDP (NCCL on CUDA, gloo on
-CPU); rank 0 logs, validates and writes files. Losses and scheduled sampling live here, not
-in the model.
+CPU and where processes share a GPU); rank 0 logs, validates and writes files. Losses and
+scheduled sampling live here, not in the model.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,13 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
 from mimcast.models.checkpoint import InputConfig, save_checkpoint
-from mimcast.models.device import check_device_name, local_rank, resolve_device
+from mimcast.models.device import (
+    check_device_name,
+    ddp_backend,
+    local_rank,
+    local_world_size,
+    resolve_device,
+)
 from mimcast.models.mimnet import MIMNet, MIMNetConfig, autocast, compile_step
 from mimcast.pipeline.atomic import atomic_path
 from mimcast.pipeline.zr import MARSHALL_PALMER
@@ -282,7 +289,12 @@ def _setup(config: TrainConfig) -> _Dist:
     rank = int(os.environ.get("RANK", "0"))
     device = train_device(config)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+        backend = ddp_backend(device.type, local_world_size(), gpus)
+        if device.type == "cuda" and backend == "gloo" and rank == 0:
+            warnings.warn(f"{local_world_size()} processes share {gpus} GPU(s): DDP over gloo "
+                          "(NCCL needs one GPU per process)", stacklevel=2)  # fmt: skip
+        dist.init_process_group(backend=backend)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return _Dist(rank, world, local_rank(), device)

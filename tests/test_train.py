@@ -350,3 +350,13 @@ def test_a_run_killed_before_its_first_checkpoint_does_not_repeat_its_log(cube, 
     records = [r for r in read_metrics(run / "metrics.jsonl") if "loss" in r]
     assert [r["step"] for r in records] == [1, 2, 3, 4]  # each step once, from the new run
     assert all(r["loss"] != 9.0 for r in records)
+
+
+def test_ddp_backend_is_nccl_only_with_one_gpu_per_process():
+    from mimcast.models.device import ddp_backend
+
+    assert ddp_backend("cuda", local_world=2, gpus=2) == "nccl"
+    assert ddp_backend("cuda", local_world=1, gpus=8) == "nccl"
+    # NCCL refuses two ranks on one GPU: torchrun --nproc_per_node 2 on a 1-GPU machine
+    assert ddp_backend("cuda", local_world=2, gpus=1) == "gloo"
+    assert ddp_backend("cpu", local_world=2, gpus=0) == "gloo"

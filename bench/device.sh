@@ -14,7 +14,7 @@
 # the I/O stack: wheels (and sdists, built there) in .whl/ are installed first when present. TRAIN_SECONDS (default 240) bounds the training part; its number of
 # steps is set from the step rate measured in its first seconds, so that the learning-rate
 # schedule and scheduled sampling end inside the budget (data/real.toml's recipe scaled:
-# scheduled sampling stops at 2/3 of the steps). DEVICE is cuda (default) or cpu (to try the
+# scheduled sampling stops at 2/3 of the steps), and to END_BY (epoch seconds) if set. DEVICE is cuda (default) or cpu (to try the
 # script on a machine without a GPU).
 set -u
 OUT=${1:?OUT}
@@ -91,6 +91,9 @@ tail -1 "$DDP/folds/bom-cscn/lagrangian/metrics.jsonl" 2>&1
 fi
 
 if want train; then
+if [ -n "${END_BY:-}" ] && [ $((END_BY - $(date +%s) - 20)) -lt "$TRAIN_S" ]; then
+    TRAIN_S=$((END_BY - $(date +%s) - 20))  # END_BY: epoch seconds by which all must be done
+fi
 
 stamp "training: final/lagrangian without rmi and radolan-yw, $TRAIN_S s"
 RUN=$(mktemp -d)

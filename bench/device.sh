@@ -44,7 +44,7 @@ python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.versio
 
 if want tests; then
 stamp "GPU tests"
-python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_mimnet.py 2>&1 | tail -5
+python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_mimnet.py 2>&1 | tail -40
 
 fi
 

@@ -182,8 +182,10 @@ def write_nowcast(
         "references": REFERENCES,
         "comment": f"inputs: {forecast.attrs.get('input_times', '')}",
     }
+    # deflate level 1: at 1024² (12 leads, 3 products) 1.9 s and 30.9 MB against 2.5 s and
+    # 29.7 MB at level 4; the model's float32 values hardly compress further at any level
     encoding = {
-        name: {"zlib": True, "complevel": 4, "_FillValue": FILL_VALUE, "dtype": "float32"}
+        name: {"zlib": True, "complevel": 1, "_FillValue": FILL_VALUE, "dtype": "float32"}
         for name in PRODUCTS
     }
     for name in ("time", "forecast_reference_time", "time_bnds"):

@@ -49,7 +49,9 @@ def dbz_to_rate(
 ) -> np.ndarray:
     """Return rain rate (mm/h) for dBZ; ``NO_ECHO_DBZ`` (and below ``threshold_dbz``) is 0."""
     dbz = np.asarray(dbz, dtype=np.float64)
-    rate = (10.0 ** (dbz / 10.0) / zr.a) ** (1.0 / zr.b)
+    # (10^(dBZ/10) / a)^(1/b) as one exponential (a third of the time of the two powers)
+    with np.errstate(over="ignore"):
+        rate = np.asarray(np.exp(dbz * (np.log(10.0) / (10.0 * zr.b)) - np.log(zr.a) / zr.b))
     floor = NO_ECHO_DBZ if threshold_dbz is None else max(threshold_dbz, NO_ECHO_DBZ)
-    rate = np.where(dbz <= floor, 0.0, rate)
-    return np.where(np.isnan(dbz), np.nan, rate)
+    rate[dbz <= floor] = 0.0  # NaN compares False: stays NaN
+    return rate

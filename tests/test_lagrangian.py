@@ -289,3 +289,31 @@ def test_real_nowcast_has_no_patch_grid(unseen_cube):
     patch = MIMNetForecaster().loaded.model.config.patch_size
     ratio = patch_seam_ratio(dbz, patch)
     assert ratio < 1.10, ratio
+
+
+def test_stable_order_equals_a_stable_argsort_ties_and_signs_included():
+    from mimcast.pipeline.forecasters import stable_order
+
+    rng = np.random.default_rng(3)
+    cases = [
+        rng.normal(0, 30, 5000).astype(np.float32),
+        np.round(rng.normal(5, 20, 5000)).astype(np.float32),  # many ties
+        np.array([0.0, -0.0, 1, -1, -0.0, 0.0, 3.4e38, -3.4e38, 1e-45, -1e-45], np.float32),
+    ]
+    for values in cases:
+        np.testing.assert_array_equal(stable_order(values), np.argsort(values, kind="stable"))
+
+
+def test_probability_matching_gives_each_lead_the_reference_distribution():
+    from mimcast.pipeline.forecasters import probability_match
+
+    rng = np.random.default_rng(4)
+    reference = rng.gamma(2.0, 10.0, (40, 50)).astype(np.float32)
+    forecast = rng.normal(20, 5, (3, 40, 50)).astype(np.float32)
+    forecast[1, :5] = np.nan
+    out = probability_match(forecast, reference)
+    assert np.isnan(out[1, :5]).all() and np.isfinite(out[1, 5:]).all()
+    for k in (0, 2):  # same values as the reference, in the forecast's ranks
+        np.testing.assert_allclose(np.sort(out[k].ravel()), np.sort(reference.ravel()), rtol=1e-6)
+        assert (np.argsort(out[k].ravel(), kind="stable") == np.argsort(forecast[k].ravel(),
+                kind="stable")).mean() > 0.99  # fmt: skip

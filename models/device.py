@@ -95,3 +95,20 @@ def bf16_native(device: torch.device | str) -> bool:
         check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
         return bool(check()) if check is not None else False
     return False
+
+
+def inference_bf16(setting: bool | None, device: torch.device | str) -> bool:
+    """Whether inference on ``device`` runs under bf16 autocast.
+
+    ``setting`` decides when given. By default (None): on a CPU with native bf16 kernels, where
+    the shipped model's network ran 1.3-1.8x faster (700² and 256², 2-core Intel Xeon) with
+    the same held-out scores (RMI and YW: CSI within 0.002, MSE within 0.1 dBZ²); fp32 on
+    CUDA, where it was no faster on an H200 (and slower on tiled 2048² grids), and on CPUs
+    without native bf16.
+    """
+    import torch
+
+    if setting is not None:
+        return bool(setting)
+    device = torch.device(device)
+    return device.type == "cpu" and bf16_native(device)

@@ -326,7 +326,7 @@ class MIMNetForecaster(_ReadsEveryKthFrame):
     description: ClassVar[str] = "MIMNet from a checkpoint (default: the shipped one)"
     checkpoint: str | None = None  # safetensors checkpoint; None: the shipped model
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1"
-    bf16: bool = False  # bf16 autocast
+    bf16: bool | None = None  # bf16 autocast; None: where it pays (models.device.inference_bf16)
     postprocess: str | None = None  # "none", "pm"; None: the checkpoint's default
     max_pixels: int = 1024 * 1024  # grids with more pixels run in tiles
     tile: int = 512

@@ -68,7 +68,7 @@ class TileOptions:
     """How a model runs over a grid (what :func:`predict` reads)."""
 
     device: str = "auto"  # "auto": CUDA when present, else CPU
-    bf16: bool = False  # bf16 autocast for inference
+    bf16: bool | None = None  # bf16 autocast; None: where it pays (models.device.inference_bf16)
     max_pixels: int = 1024 * 1024  # grids with more pixels are tiled (memory budget)
     tile: int = 512  # tile side in pixels
     overlap: int = 64  # overlap between tiles in pixels (blended)
@@ -146,17 +146,18 @@ def predict(model, frames: np.ndarray, options) -> np.ndarray:
     """
     import torch
 
-    from mimcast.models.device import resolve_device
+    from mimcast.models.device import inference_bf16, resolve_device
     from mimcast.models.mimnet import autocast
 
     device = resolve_device(options.device)
+    bf16 = inference_bf16(options.bf16, device)
     model = model.to(device).eval()
     n_out = model.config.output_length
     _, height, width = frames.shape
 
     def run(block: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(block))[None, :, None].to(device)
-        with torch.inference_mode(), autocast(device, enabled=options.bf16):
+        with torch.inference_mode(), autocast(device, enabled=bf16):
             y = model(x)  # (1, T_out, 1, h, w)
         return y[0, :, 0].float().clamp(0, 1).cpu().numpy()
 

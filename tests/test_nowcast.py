@@ -364,3 +364,11 @@ def test_cli_nowcast_with_a_baseline_writes_the_same_product(cube, tmp_path, met
         last = cube.reflectivity.values[-1]
         if method == "persistence":
             np.testing.assert_allclose(ds.reflectivity.values[3], last, equal_nan=True)
+
+
+def test_inference_precision_defaults_to_bf16_only_on_cpus_with_native_bf16():
+    from mimcast.models.device import bf16_native, inference_bf16
+
+    assert inference_bf16(None, "cpu") == bf16_native("cpu")
+    assert inference_bf16(None, "cuda") is False  # no faster on an H200
+    assert inference_bf16(True, "cuda") is True and inference_bf16(False, "cpu") is False

@@ -269,6 +269,31 @@ def test_channel_norm_in_channels_last_matches_the_plain_layout_without_a_copy()
     torch.testing.assert_close(last, plain, rtol=1e-5, atol=1e-6)
 
 
+def test_channel_norm_in_place_without_autograd_gives_the_same_values(monkeypatch):
+    import mimcast.models.mimnet as mimnet
+
+    norm = mimnet.ChannelNorm(3, 12)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 12, 5, 7)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        inputs = x.contiguous(memory_format=layout)
+        for context in (torch.no_grad, torch.inference_mode):
+            with context():
+                monkeypatch.setattr(mimnet, "IN_PLACE_NORM", False)
+                ref = norm(inputs)
+                monkeypatch.setattr(mimnet, "IN_PLACE_NORM", True)
+                fast = norm(inputs)
+            torch.testing.assert_close(fast, ref, rtol=0, atol=0)
+            torch.testing.assert_close(fast, norm(inputs).detach(), rtol=0, atol=0)  # autograd
+    # a bf16 input is not overwritten with the fp32 affine (it would round the result)
+    assert not norm._in_place(torch.zeros(2, dtype=torch.bfloat16))
+    with torch.no_grad():
+        assert norm._in_place(torch.zeros(2))
+    assert not norm._in_place(torch.zeros(2))  # autograd on: the input is kept for backward
+
+
 def test_a_channels_last_model_gives_the_same_outputs_and_gradients():
     x = frames(2, TINY.input_length + TINY.output_length, 16, 16)
     results = []

@@ -100,7 +100,8 @@ def bf16_native(device: torch.device | str) -> bool:
 def inference_bf16(setting: bool | None, device: torch.device | str) -> bool:
     """Whether inference on ``device`` runs under bf16 autocast.
 
-    ``setting`` decides when given. By default (None): on a CPU with native bf16 kernels, where
+    ``setting`` decides when given, then ``MIMCAST_BF16`` (``1`` or ``0``, for a whole site or
+    a reproducible run). By default: on a CPU with native bf16 kernels, where
     the shipped model's network ran 1.3-1.8x faster (700² and 256², 2-core Intel Xeon) with
     the same held-out scores (RMI and YW: CSI within 0.002, MSE within 0.1 dBZ²); fp32 on
     CUDA, where it was no faster on an H200 (and slower on tiled 2048² grids), and on CPUs
@@ -110,5 +111,10 @@ def inference_bf16(setting: bool | None, device: torch.device | str) -> bool:
 
     if setting is not None:
         return bool(setting)
+    site = os.environ.get("MIMCAST_BF16", "").strip()
+    if site in ("0", "1"):
+        return site == "1"
+    if site:
+        raise ValueError(f"MIMCAST_BF16={site!r}: 1 (bf16) or 0 (fp32)")
     device = torch.device(device)
     return device.type == "cpu" and bf16_native(device)

@@ -372,3 +372,16 @@ def test_inference_precision_defaults_to_bf16_only_on_cpus_with_native_bf16():
     assert inference_bf16(None, "cpu") == bf16_native("cpu")
     assert inference_bf16(None, "cuda") is False  # no faster on an H200
     assert inference_bf16(True, "cuda") is True and inference_bf16(False, "cpu") is False
+
+
+def test_mimcast_bf16_sets_the_default_precision_for_a_site(monkeypatch):
+    from mimcast.models.device import inference_bf16
+
+    monkeypatch.setenv("MIMCAST_BF16", "0")
+    assert inference_bf16(None, "cpu") is False
+    assert inference_bf16(True, "cpu") is True  # an explicit setting still decides
+    monkeypatch.setenv("MIMCAST_BF16", "1")
+    assert inference_bf16(None, "cuda") is True
+    monkeypatch.setenv("MIMCAST_BF16", "yes")
+    with pytest.raises(ValueError, match="MIMCAST_BF16"):
+        inference_bf16(None, "cpu")

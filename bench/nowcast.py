@@ -84,6 +84,28 @@ def model_work(fc, inputs, device: str) -> tuple[float, float]:
     return time.perf_counter() - start, counter.get_total_flops() / 1e9
 
 
+def print_peaks(devices: list[str], bf16: bool) -> dict[str, float]:
+    """Measure and print each device's peak (one ``peak`` line each); the best per device."""
+    import torch
+
+    from mimcast.models.device import bf16_native
+
+    best = {}
+    for d in devices:
+        peak = measured_peak(d, bf16)
+        print(json.dumps({"peak": d, "bf16": bf16 and bf16_native(d),
+                          "threads": torch.get_num_threads(), **peak}), flush=True)  # fmt: skip
+        best[d] = max(peak.values())
+    return best
+
+
+def device_label(device: str) -> str:
+    """The GPU's name for a CUDA device, else ``cpu``."""
+    import torch
+
+    return torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
+
+
 def echo_frames(n: int, size: int, seed: int = 0):
     """``n`` frames of smooth echo (dBZ, about 0-55, a third of the grid dry), moving slowly."""
     import numpy as np
@@ -103,20 +125,18 @@ def network_only(args, devices: list[str], ckpt: Path) -> int:
     from mimcast.models.device import bf16_native
     from mimcast.pipeline.forecasters import MIMNetForecaster
 
-    peaks = {d: measured_peak(d, args.bf16) for d in devices}
-    for d, peak in peaks.items():
-        print(json.dumps({"peak": d, "bf16": args.bf16 and bf16_native(d), **peak}), flush=True)
+    peaks = print_peaks(devices, args.bf16)
     for size in args.sizes:
         for device in devices:
             fc = MIMNetForecaster(str(ckpt), device=device, bf16=args.bf16)
             inputs = echo_frames(fc.input_frames, size, seed=size)
+            if device.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats(device)  # this grid's peak, not the run's
             runs = [model_work(fc, inputs, device) for _ in range(args.repeats)]
             seconds, gflop = min(r[0] for r in runs), runs[0][1]
-            best = max(peaks[device].values())
+            best = peaks[device]
             print(json.dumps({
-                "grid": [size, size], "device": device,
-                "device_name": torch.cuda.get_device_name() if device.startswith("cuda")
-                else "cpu",
+                "grid": [size, size], "device": device, "device_name": device_label(device),
                 "threads": torch.get_num_threads(), "bf16": args.bf16 and bf16_native(device),
                 "model": fc.describe(), "tiled": size * size > fc.max_pixels,
                 "network_s": round(seconds, 4), "gflop": round(gflop, 1),
@@ -168,11 +188,7 @@ def main(argv=None) -> int:
         return MIMNetForecaster.from_model(untrained, device=device, bf16=args.bf16)
 
     n_inputs = max(method(m, "cpu").input_frames for m in args.methods)
-    peaks = {d: measured_peak(d, args.bf16) for d in devices}
-    for d, peak in peaks.items():
-        print(json.dumps({"peak": d, "bf16": args.bf16 and bf16_native(d),
-                          "threads": torch.get_num_threads(),
-                          **peak}), flush=True)  # fmt: skip
+    peaks = print_peaks(devices, args.bf16)
     for size in args.sizes:
         latency: dict[str, float] = {}
         cube = synthetic_cube(SyntheticConfig(height=size, width=size, seed=1,
@@ -197,8 +213,7 @@ def main(argv=None) -> int:
                 row = {
                     "grid": [size, size],
                     "device": device,
-                    "device_name": torch.cuda.get_device_name() if device.startswith("cuda")
-                    else "cpu",
+                    "device_name": device_label(device),
                     "threads": torch.get_num_threads(),
                     "bf16": args.bf16 and bf16_native(device),  # autocast's own rule
                     "method": name,
@@ -215,7 +230,7 @@ def main(argv=None) -> int:
                 if name == "mimnet":
                     inputs = open_cube(store).reflectivity.values[-fc.input_frames :]
                     seconds, gflop = model_work(fc, inputs, device)
-                    best = max(peaks[device].values())
+                    best = peaks[device]
                     row.update({"network_s": round(seconds, 3), "gflop": round(gflop, 1),
                                 "gflops_per_s": round(gflop / seconds, 1),
                                 "fraction_of_peak": round(gflop / seconds / best, 3)})  # fmt: skip

@@ -9,13 +9,14 @@
 #
 # PACK is a training pack (`mimcast loao CUBES --stage pack`). The machine needs torch, numpy,
 # scipy, xarray and safetensors only: mimcast's folders are put on the path as mimcast.*
-# without installing it. PARTS (default "tests model network ddp train") picks parts; the
-# part "nowcast" runs the whole bench/nowcast.py (cube -> NetCDF, beside pysteps) and needs
-# the I/O stack: wheels (and sdists, built there) in .whl/ are installed first when present. TRAIN_SECONDS (default 240) bounds the training part; its number of
-# steps is set from the step rate measured in its first seconds, so that the learning-rate
-# schedule and scheduled sampling end inside the budget (data/real.toml's recipe scaled:
-# scheduled sampling stops at 2/3 of the steps), and to END_BY (epoch seconds) if set. DEVICE is cuda (default) or cpu (to try the
-# script on a machine without a GPU).
+# without installing it. PARTS (default "tests model network ddp train") picks parts; the part
+# "nowcast" runs the whole bench/nowcast.py (cube -> NetCDF, beside pysteps) and needs the I/O
+# stack: wheels (and sdists, built there) in .whl/ are installed first when present.
+# TRAIN_SECONDS (default 240; less if END_BY, epoch seconds, comes sooner) bounds the training
+# part. Its number of steps is set from the step rate measured in its first seconds, so that
+# the learning-rate schedule and scheduled sampling end inside the budget (data/real.toml's
+# recipe scaled: scheduled sampling stops at 2/3 of the steps). DEVICE is cuda (default) or
+# cpu (to try the script on a machine without a GPU).
 set -u
 OUT=${1:?OUT}
 PACK=$(realpath "${2:?PACK}")
@@ -45,14 +46,12 @@ python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.versio
 if want tests; then
 stamp "GPU tests"
 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_mimnet.py 2>&1 | tail -40
-
 fi
 
 if want model; then
 stamp "bench/model.py"
-python3 bench/model.py --device "$DEV" --cases ${CASES:-small large} --precisions fp32 bf16 --repeats 5 \
-    2>&1 | tee "$OUT/model.jsonl" | tail -3
-
+python3 bench/model.py --device "$DEV" --cases ${CASES:-small large} --precisions fp32 bf16 \
+    --repeats 5 2>&1 | tee "$OUT/model.jsonl" | tail -3
 fi
 
 if want network; then
@@ -61,7 +60,6 @@ for p in "" "--bf16"; do
     python3 bench/nowcast.py --network-only --devices "$DEV" --sizes ${SIZES:-256 700 1024 2048} \
         --repeats 3 $p 2>&1 | tee -a "$OUT/network.jsonl"
 done
-
 fi
 
 if want nowcast; then
@@ -94,7 +92,6 @@ if want train; then
 if [ -n "${END_BY:-}" ] && [ $((END_BY - $(date +%s) - 20)) -lt "$TRAIN_S" ]; then
     TRAIN_S=$((END_BY - $(date +%s) - 20))  # END_BY: epoch seconds by which all must be done
 fi
-
 stamp "training: final/lagrangian without rmi and radolan-yw, $TRAIN_S s"
 RUN=$(mktemp -d)
 ln -s "$PACK" "$RUN/pack.npz"

@@ -276,11 +276,16 @@ def _cmd_loao(args: argparse.Namespace) -> int:
     config = load_run_config(args.config, max_steps=args.max_steps, device=args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    exclude = tuple(x for x in args.exclude if x != "none")
     variants = tuple(args.variants)
+
+    def exclusions() -> tuple[str, ...]:  # the default leaves out RMI only where the pack has it
+        if args.exclude is not None:
+            return tuple(x for x in args.exclude if x != "none")
+        return tuple(n for n in ("rmi",) if n in loao.pack_archives(out / "pack.npz"))
+
     if args.only:  # one run, as launched by the train stage for each process
         fold, _, variant = args.only.partition("/")
-        names = [loao.archive_name(c) for c in args.cubes]
+        names, exclude = [loao.archive_name(c) for c in args.cubes], exclusions()
         loao.train_one(out / "pack.npz", out, config, fold, variant, names, exclude,
                        progress=_progress(args), deadline_s=args.deadline_s)  # fmt: skip
         return 0
@@ -288,7 +293,7 @@ def _cmd_loao(args: argparse.Namespace) -> int:
         print(f"pack: {loao.build(args.cubes, out, config, progress=_progress(args))}")
     if args.stage in ("train", "all"):
         loao.train_all(args.cubes, out, args.config, config, variants=variants,
-                       final=not args.no_final, exclude=exclude, jobs=args.jobs,
+                       final=not args.no_final, exclude=exclusions(), jobs=args.jobs,
                        deadline_s=args.deadline_s, max_steps=args.max_steps,
                        final_max_steps=args.final_max_steps, progress=_progress(args))  # fmt: skip
     if args.stage in ("evaluate", "all"):
@@ -578,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--variants", nargs="+", choices=FRAMES, default=list(FRAMES), help="model frames to train"
     )
     p.add_argument("--no-final", action="store_true", help="skip the model to ship")
-    p.add_argument("--exclude", nargs="+", default=["rmi"], metavar="ARCHIVE",
+    p.add_argument("--exclude", nargs="+", metavar="ARCHIVE",
                    help="archives the final model leaves out (default rmi: non-commercial "
                    "terms); 'none' for none")  # fmt: skip
     p.add_argument("--jobs", type=_positive_int, default=1, help="training processes at once")

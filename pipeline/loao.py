@@ -69,12 +69,43 @@ def build(cubes: list[str], out: Path, config, progress: bool = True) -> Path:
     return pack
 
 
+def pack_archives(pack: Path) -> list[str]:
+    """The archives a pack was built from, by index (the pack's own record, not the CLI's)."""
+    with np.load(pack) as data:
+        meta = json.loads(data["meta"].tobytes().decode())
+    return [archive_name(c) for c in meta["cubes"]]
+
+
+def check_archives(pack: Path, given: list[str], *named: str) -> list[str]:
+    """The pack's archives; a clear error when ``given`` (the cubes on the command line) or
+    any ``named`` archive (a fold, an exclusion) is not one of them.
+
+    A fold is the pack minus one archive by name: a misspelt fold would otherwise train on
+    every archive, the "left-out" one included, and its scores would look like skill.
+    """
+    names = pack_archives(pack)
+    if given and sorted(given) != sorted(names):
+        raise ValueError(f"{pack} was built from {', '.join(names)}, not from the cubes given "
+                         f"({', '.join(given)}): pass the same cubes, or another --out for a "
+                         "new pack")  # fmt: skip
+    unknown = [n for n in named if n not in names and n != "final"]
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)}: no such archive in {pack} "
+                         f"(archives: {', '.join(names)})")  # fmt: skip
+    return names
+
+
 def train_one(pack: Path, out: Path, config, fold: str, variant: str, names: list[str],
               exclude: tuple[str, ...] = (), device: str | None = None,
               progress: bool = False, deadline_s: float | None = None):  # fmt: skip
-    """Train one fold (``fold``: the archive left out, or ``final``) and variant."""
+    """Train one fold (``fold``: the archive left out, or ``final``) and variant.
+
+    ``names`` are the cubes given; the archives' indices come from the pack, which must hold
+    the same archives.
+    """
     from mimcast.pipeline.training import train_from_pack
 
+    names = check_archives(pack, names, fold, *exclude)
     if fold == "final":
         keep = [k for k, n in enumerate(names) if n not in exclude]
     else:
@@ -100,11 +131,11 @@ def train_all(
     progress: bool = True,
 ) -> list[tuple[str, str]]:
     """Stage 2: every fold and variant (and the final model), ``jobs`` processes at a time."""
-    names = [archive_name(c) for c in cubes]
+    pack = out / "pack.npz"
+    names = check_archives(pack, [archive_name(c) for c in cubes], *exclude)
     runs = [(n, v) for n in names for v in variants]
     if final:
         runs = [("final", variants[0]), *runs]
-    pack = out / "pack.npz"
     started = time.monotonic()
 
     def left() -> float | None:  # seconds to the deadline

@@ -63,6 +63,38 @@ def test_an_archive_too_short_to_split_trains_and_the_others_validate(tmp_path):
     assert (train.arrays["split_1"] == 0).all()  # every window of the short one trains
 
 
+def test_a_fold_takes_its_archives_from_the_pack_and_unknown_names_are_errors(tmp_path):
+    from mimcast.pipeline import loao
+    from mimcast.pipeline.packs import PackConfig, build_pack
+
+    cubes = [_cube(tmp_path / f"{n}.zarr", 20, s) for n, s in (("a", 1), ("b", 2))]
+    out = tmp_path / "loao"
+    out.mkdir()
+    config = PackConfig(n_inputs=4, n_outputs=6, min_targets=6, patch=32, stride=16,
+                        min_coverage=0.01)  # fmt: skip
+    pack = build_pack(cubes, out / "pack.npz", config, progress=False)
+    assert loao.pack_archives(pack) == ["a", "b"]
+    assert loao.check_archives(pack, ["b", "a"], "a", "final") == ["a", "b"]
+    # a misspelt fold would train on every archive, the one "left out" included
+    with pytest.raises(ValueError, match=r"A: no such archive in .*pack\.npz \(archives: a, b\)"):
+        loao.train_one(pack, out, None, "A", "lagrangian", ["a", "b"])
+    with pytest.raises(ValueError, match="no such archive"):  # an exclusion too (terms of use)
+        loao.train_all([str(c) for c in cubes], out, None, None, exclude=("rmi",))
+    # cubes other than the pack's would shift every archive's index
+    with pytest.raises(ValueError, match=r"built from a, b, not from the cubes given \(a\)"):
+        loao.train_all([str(cubes[0])], out, None, None)
+    assert not (out / "folds").exists()  # nothing trained
+
+    # the CLI's default exclusion (rmi) applies only where the pack holds rmi
+    done = subprocess.run(
+        [sys.executable, "-m", "mimcast.pipeline.cli", "loao", *map(str, cubes), "--out",
+         str(out), "--stage", "train", "--only", "c/lagrangian"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode != 0 and "c: no such archive" in done.stderr, done.stderr[-2000:]
+    assert "rmi" not in done.stderr
+
+
 @pytest.mark.slow
 def test_loao_trains_each_fold_in_parallel_and_pools_the_scores(tmp_path):
     cubes = [str(_cube(tmp_path / f"{n}.zarr", 30, s)) for n, s in (("a", 3), ("b", 4))]

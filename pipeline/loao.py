@@ -270,9 +270,8 @@ def evaluate_all(
     pooled, pooled_minutes = Scores(VerifyOptions()), Scores(VerifyOptions())
     per_archive: list[dict[str, Any]] = []
     names: list[str] = []
-    for path in sorted((out / "evaluation").glob(f"*/{ACCUMULATORS}")):
-        stored = json.loads(path.read_text())
-        minutes = Scores.from_state(stored["scores"], VerifyOptions())
+    archives = _stored_archives(out)
+    for path, stored, minutes in archives:
         by_step = _lead_steps(minutes, stored["step_minutes"])
         pooled.merge(by_step)
         pooled_minutes.merge(minutes)
@@ -287,6 +286,9 @@ def evaluate_all(
                                     "step_minutes": stored["step_minutes"], **row})  # fmt: skip
     if not names:
         raise ValueError(f"{out}: no archive could be scored (no model, or too short)")
+    for method in _not_on_every_archive(archives):
+        pooled.data.pop(method, None)
+        pooled_minutes.data.pop(method, None)
     for pool, where, title, lead_label, lead_note in (
         (pooled, "pooled", "pooled skill per lead step", "lead time (archive time steps)",
          "lead times are time steps of each archive (archives differ in time step: see "
@@ -312,6 +314,37 @@ def evaluate_all(
         writer.writeheader()
         writer.writerows(per_archive)
     return out / "pooled"
+
+
+def _stored_archives(out: Path) -> list[tuple[Path, dict, Any]]:
+    """Every archive scored into ``out``: (path, stored record, its scores by minutes)."""
+    from mimcast.pipeline.verify import Scores, VerifyOptions
+
+    found = []
+    for path in sorted((out / "evaluation").glob(f"*/{ACCUMULATORS}")):
+        stored = json.loads(path.read_text())
+        found.append((path, stored, Scores.from_state(stored["scores"], VerifyOptions())))
+    return found
+
+
+def _not_on_every_archive(archives) -> list[str]:
+    """Methods missing from some archive: left out of the pools, with a warning.
+
+    A pooled row is a sum over archives, so a method scored on fewer archives than the others
+    (a fold without its model, say) would be compared on other forecasts than theirs. Its
+    per-archive rows stay in ``per_archive.csv``.
+    """
+    methods = {m for *_, scores in archives for m in scores.data}
+    dropped = []
+    for method in sorted(methods):
+        lacking = [stored["archive"] for _, stored, scores in archives
+                   if method not in scores.data]  # fmt: skip
+        if lacking:
+            dropped.append(method)
+            log.warning(f"{method}: not scored on {', '.join(lacking)}; left out of the pooled "
+                        "tables, which compare methods on the same archives (per_archive.csv "
+                        "keeps it)")  # fmt: skip
+    return dropped
 
 
 def _read_pooled(path: Path) -> dict[tuple[str, str, str, int], float]:

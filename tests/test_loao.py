@@ -95,6 +95,37 @@ def test_a_fold_takes_its_archives_from_the_pack_and_unknown_names_are_errors(tm
     assert "rmi" not in done.stderr
 
 
+def test_a_method_missing_from_an_archive_is_left_out_of_the_pool(tmp_path, caplog):
+    import json
+
+    import numpy as np
+
+    from mimcast.pipeline import loao
+    from mimcast.pipeline.verify import Scores, VerifyOptions
+
+    rng = np.random.default_rng(0)
+    for name, methods in (("a", ("persistence", "mimnet-lagrangian")), ("b", ("persistence",))):
+        scores = Scores(VerifyOptions())
+        for method in methods:
+            for lead in (5, 10):
+                observed = rng.uniform(0, 50, (16, 16))
+                scores.add(method, lead, observed + rng.normal(0, 3, observed.shape), observed)
+        where = tmp_path / "evaluation" / name
+        where.mkdir(parents=True)
+        (where / loao.ACCUMULATORS).write_text(json.dumps({
+            "archive": name, "step_minutes": 5, "cube": f"{name}.zarr",
+            "scored_at": "2026-11-28T00:00:00Z", "scores": scores.state()}))  # fmt: skip
+    with caplog.at_level("WARNING", logger="mimcast"):
+        pooled = loao.evaluate_all([], tmp_path, progress=False)
+    for where in (pooled, tmp_path / "pooled_minutes"):
+        with (where / "scores.csv").open() as fh:
+            assert {r["method"] for r in csv.DictReader(fh)} == {"persistence"}
+    with (tmp_path / "per_archive.csv").open() as fh:
+        kept = {(r["archive"], r["method"]) for r in csv.DictReader(fh)}
+    assert ("a", "mimnet-lagrangian") in kept  # its own archive's rows stay
+    assert "mimnet-lagrangian: not scored on b; left out of the pooled" in caplog.text
+
+
 @pytest.mark.slow
 def test_loao_trains_each_fold_in_parallel_and_pools_the_scores(tmp_path):
     cubes = [str(_cube(tmp_path / f"{n}.zarr", 30, s)) for n, s in (("a", 3), ("b", 4))]

@@ -264,7 +264,7 @@ def evaluate_all(
         atomic_write_json(out / "evaluation" / name / ACCUMULATORS, {
             "archive": name, "step_minutes": step, "cube": str(cube_path),
             "scored_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "scores": scores.state()})  # fmt: skip
+            "inference": _precision(device), "scores": scores.state()})  # fmt: skip
         scored.append(name)
     # pool every archive scored into DIR, in this run or an earlier one
     pooled, pooled_minutes = Scores(VerifyOptions()), Scores(VerifyOptions())
@@ -277,7 +277,9 @@ def evaluate_all(
         pooled_minutes.merge(minutes)
         names.append(stored["archive"])
         if stored["archive"] not in scored:
-            log.info(f"pooling {stored['archive']} as scored on {stored['scored_at']} ({path})")
+            log.info(f"pooling {stored['archive']} as scored on {stored['scored_at']}"
+                     f"{' in ' + stored['inference'] if 'inference' in stored else ''} "
+                     f"({path})")  # fmt: skip
         for row in by_step.table():
             if (row["metric"], row["threshold"]) in (("MSE", ""), ("CSI", "20 dBZ"),
                                                      ("CSI", "30 dBZ"),
@@ -314,6 +316,13 @@ def evaluate_all(
         writer.writeheader()
         writer.writerows(per_archive)
     return out / "pooled"
+
+
+def _precision(device: str) -> str:
+    """The models' inference precision on ``device`` (MIMCAST_BF16 or the machine decides)."""
+    from mimcast.models.device import inference_bf16, resolve_device
+
+    return "bf16" if inference_bf16(None, resolve_device(device)) else "fp32"
 
 
 def _stored_archives(out: Path) -> list[tuple[Path, dict, Any]]:

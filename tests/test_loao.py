@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 import subprocess
 import sys
@@ -96,8 +97,6 @@ def test_a_fold_takes_its_archives_from_the_pack_and_unknown_names_are_errors(tm
 
 
 def test_a_method_missing_from_an_archive_is_left_out_of_the_pool(tmp_path, caplog):
-    import json
-
     import numpy as np
 
     from mimcast.pipeline import loao
@@ -114,8 +113,9 @@ def test_a_method_missing_from_an_archive_is_left_out_of_the_pool(tmp_path, capl
         where.mkdir(parents=True)
         (where / loao.ACCUMULATORS).write_text(json.dumps({
             "archive": name, "step_minutes": 5, "cube": f"{name}.zarr",
-            "scored_at": "2026-11-28T00:00:00Z", "scores": scores.state()}))  # fmt: skip
-    with caplog.at_level("WARNING", logger="mimcast"):
+            "scored_at": "2026-11-28T00:00:00Z", "inference": "fp32",
+            "scores": scores.state()}))  # fmt: skip
+    with caplog.at_level("INFO", logger="mimcast"):
         pooled = loao.evaluate_all([], tmp_path, progress=False)
     for where in (pooled, tmp_path / "pooled_minutes"):
         with (where / "scores.csv").open() as fh:
@@ -124,6 +124,7 @@ def test_a_method_missing_from_an_archive_is_left_out_of_the_pool(tmp_path, capl
         kept = {(r["archive"], r["method"]) for r in csv.DictReader(fh)}
     assert ("a", "mimnet-lagrangian") in kept  # its own archive's rows stay
     assert "mimnet-lagrangian: not scored on b; left out of the pooled" in caplog.text
+    assert "pooling b as scored on 2026-11-28T00:00:00Z in fp32" in caplog.text
 
 
 @pytest.mark.slow
@@ -150,6 +151,10 @@ def test_loao_trains_each_fold_in_parallel_and_pools_the_scores(tmp_path):
             "sprog"} <= methods  # fmt: skip
     summary = (out / "summary.md").read_text()
     assert "mimnet-lagrangian" in summary and "sprog" in summary
+    from mimcast.models.device import inference_bf16
+
+    stored = json.loads((out / "evaluation" / "a" / "accumulators.json").read_text())
+    assert stored["inference"] == ("bf16" if inference_bf16(None, "cpu") else "fp32")
 
     # the folds evaluated one run at a time into another DIR pool as they did together
     again = tmp_path / "one_at_a_time"

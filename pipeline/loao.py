@@ -71,9 +71,9 @@ def build(cubes: list[str], out: Path, config, progress: bool = True) -> Path:
 
 def pack_archives(pack: Path) -> list[str]:
     """The archives a pack was built from, by index (the pack's own record, not the CLI's)."""
-    with np.load(pack) as data:
-        meta = json.loads(data["meta"].tobytes().decode())
-    return [archive_name(c) for c in meta["cubes"]]
+    from mimcast.pipeline.packs import pack_meta
+
+    return [archive_name(c) for c in pack_meta(pack)["cubes"]]
 
 
 def check_archives(pack: Path, given: list[str], *named: str) -> list[str]:

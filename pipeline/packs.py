@@ -187,6 +187,17 @@ def build_pack(
     return out
 
 
+def _decode_meta(array: np.ndarray) -> dict:
+    """A pack's ``meta`` entry (JSON bytes, as :func:`build_pack` writes it) as a dict."""
+    return json.loads(array.tobytes().decode())
+
+
+def pack_meta(pack: str | Path) -> dict:
+    """A pack's ``meta`` (config, cube paths, steps, sizes, strides), without its arrays."""
+    with np.load(pack) as data:
+        return _decode_meta(data["meta"])
+
+
 def _blocks(lo: int, hi: int) -> slice:
     """Motion blocks that bilinear upsampling reads for pixels ``lo:hi`` (one more each side)."""
     b = VELOCITY_BLOCK
@@ -236,7 +247,7 @@ class PackDataset:
             raise ValueError(f"frame {frame!r}: one of {', '.join(FRAMES)}")
         with np.load(pack) as data:
             self.arrays = {k: data[k] for k in data.files}
-        self.meta = json.loads(self.arrays["meta"].tobytes().decode())
+        self.meta = _decode_meta(self.arrays["meta"])
         cfg = self.meta["config"]
         self.n_inputs, self.n_outputs = cfg["n_inputs"], cfg["n_outputs"]
         self.patch = cfg["patch"]

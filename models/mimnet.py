@@ -87,6 +87,9 @@ class MIMNetConfig:
     first_step_diff: str = "zero"  # at t=0: "zero" difference, or "state" (H_0 - initial zeros)
     channels_last: bool = False  # channels_last layout (GPU; CPU too: the gate norm needs no copy)
     residual: bool = False  # predict the change from the frame fed at each step (~0 at start)
+    # the model step's duration as an input: one network trained on archives stepping every
+    # 2-15 minutes learns how much growth and decay a step spans; forward() needs step_minutes
+    step_input: bool = False
 
     def __post_init__(self) -> None:
         positive = ("in_channels", "input_length", "output_length", "num_hidden", "patch_size")
@@ -113,6 +116,8 @@ class MIMNetConfig:
 # --------------------------------------------------------------------------------------------
 # cells
 
+
+STEP_SCALE = 10.0  # minutes: step features are (minutes / STEP_SCALE, its log)
 
 IN_PLACE_NORM = True  # ChannelNorm's affine in place where nothing needs its input (inference)
 
@@ -174,9 +179,13 @@ class GateConv(nn.Module):
         self.conv = nn.Conv2d(in_ch, gates * hidden, k, padding=k // 2, bias=not layer_norm)
         self.norm = ChannelNorm(gates, gates * hidden) if layer_norm else nn.Identity()
 
-    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
-        # (B, in_ch, h, w) -> gates x (B, hidden, h, w)
-        return torch.split(self.norm(self.conv(x)), self.hidden, dim=1)
+    def forward(self, x: Tensor, shift: Tensor | None = None) -> tuple[Tensor, ...]:
+        # (B, in_ch, h, w) -> gates x (B, hidden, h, w); ``shift`` (B, gates hidden, 1, 1) is
+        # added after the norm: the same at every pixel, so it adds no edge at the grid's border
+        g = self.norm(self.conv(x))
+        if shift is not None:
+            g = g + shift.to(g.dtype)
+        return torch.split(g, self.hidden, dim=1)
 
 
 class STLSTMCell(nn.Module):
@@ -191,9 +200,14 @@ class STLSTMCell(nn.Module):
         self.conv_o = nn.Conv2d(2 * hidden, hidden, k, padding=k // 2)  # o from [C, M]
         self.conv_last = nn.Conv2d(2 * hidden, hidden, 1)  # H from [C, M]
 
-    def forward(self, x: Tensor, h: Tensor, c: Tensor, m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Return ``(H_t, C_t, M_t)`` from input ``x`` and ``(H_{t-1}, C_{t-1}, M)``."""
-        i_x, f_x, g_x, i2_x, f2_x, g2_x, o_x = self.conv_x(x)
+    def forward(
+        self, x: Tensor, h: Tensor, c: Tensor, m: Tensor, shift: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Return ``(H_t, C_t, M_t)`` from input ``x`` and ``(H_{t-1}, C_{t-1}, M)``.
+
+        ``shift`` ``(B, 7 hidden, 1, 1)``: per-sequence offsets of the input gates (the step).
+        """
+        i_x, f_x, g_x, i2_x, f2_x, g2_x, o_x = self.conv_x(x, shift)
         i_h, f_h, g_h, o_h = self.conv_h(h)
         i_m, f_m, g_m = self.conv_m(m)
         fb = self.forget_bias
@@ -334,15 +348,18 @@ class MIMStack(nn.Module):
             s=(zeros,) * mims, d=(zeros,) * mims,
         )  # fmt: skip
 
-    def forward(self, x: Tensor, state: MIMState, first: bool) -> tuple[Tensor, MIMState]:
+    def forward(
+        self, x: Tensor, state: MIMState, first: bool, shift: Tensor | None = None
+    ) -> tuple[Tensor, MIMState]:
         """Advance one step: return the top hidden state and the new state.
 
         ``first`` marks ``t = 0``, where ``H_{t-1}`` does not exist (see ``first_step_diff``).
+        ``shift``: offsets of layer 1's input gates (the step's duration, ``step_input``).
         """
         zero_diff = first and self.config.first_step_diff == "zero"
         h, c, m = list(state.h), list(state.c), state.m
         n, s, d = list(state.n), list(state.s), list(state.d)
-        h[0], c[0], m = self.layers[0](x, state.h[0], state.c[0], m)
+        h[0], c[0], m = self.layers[0](x, state.h[0], state.c[0], m, shift)
         for layer in range(1, self.config.num_layers):
             mim = layer - 1
             if zero_diff:
@@ -396,23 +413,33 @@ class MIMNet(nn.Module):
         patch_ch = config.in_channels * config.patch_size**2
         self.stack = MIMStack(config, patch_ch)
         self.head = nn.Conv2d(config.num_hidden, patch_ch, 1, bias=False)  # H -> next frame
+        if config.step_input:
+            # (minutes / STEP_SCALE, log of it) -> offsets of layer 1's 7 input gates; zero at
+            # first, so a step-aware model starts as the step-blind one
+            self.step_gates = nn.Linear(2, 7 * config.num_hidden, bias=False)
+            nn.init.zeros_(self.step_gates.weight)
         if config.residual:
             # An untrained residual model almost persists its input. Not exactly zero: the head
             # is the only path from the stack to the output, and a zero head passes no gradient
             # to the stack (training then stalls at persistence; seen on real radar).
             nn.init.normal_(self.head.weight, std=1e-3)
 
-    def step(self, x: Tensor, state: MIMState, first: bool = False) -> tuple[Tensor, MIMState]:
+    def step(
+        self, x: Tensor, state: MIMState, first: bool = False, shift: Tensor | None = None
+    ) -> tuple[Tensor, MIMState]:
         """Advance one time step on patched input ``x`` ``(B, C p^2, h, w)``.
 
         Returns the prediction of the next patched frame and the new state. With
-        ``config.residual`` the head predicts the change from ``x``.
+        ``config.residual`` the head predicts the change from ``x``. ``shift``: the step's
+        gate offsets (:meth:`step_shift`), with ``config.step_input``.
         """
-        top, state = self.stack(x, state, first)
+        top, state = self.stack(x, state, first, shift)
         out = self.head(top)
         return (x + out if self.config.residual else out), state
 
-    def forward(self, frames: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self, frames: Tensor, mask: Tensor | None = None, step_minutes: Tensor | float | None = None
+    ) -> Tensor:
         """Predict ``output_length`` frames after the observed ones.
 
         Parameters
@@ -427,6 +454,9 @@ class MIMNet(nn.Module):
             (1 - mask[:, t-1]) * prediction_t``. Without a mask it is fed the observed frames,
             then its own predictions. Training code decides the mask (PredRNN's scheduled
             sampling, or PredRNN-V2's reverse scheduled sampling).
+        step_minutes
+            Minutes between consecutive frames: a number, or ``(B,)``, one per sequence.
+            Required with ``config.step_input``, ignored without it.
 
         Returns
         -------
@@ -449,6 +479,7 @@ class MIMNet(nn.Module):
         x = to_patches(frames, cfg.patch_size)  # (B, T, C p^2, h, w)
         if mask is not None:
             mask = self._patch_mask(mask, b, ch, height, width)  # (B, T-2, C p^2|1, h|1, w|1)
+        shift = self.step_shift(step_minutes, b, x.device) if cfg.step_input else None
         state = self.stack.init_state(x[:, 0])
         predictions, pred = [], None
         for t in range(cfg.total_length - 1):
@@ -462,11 +493,29 @@ class MIMNet(nn.Module):
                 net = pred
             if cfg.channels_last:
                 net = net.contiguous(memory_format=torch.channels_last)
-            pred, state = self.step(net, state, first=t == 0)
+            pred, state = self.step(net, state, first=t == 0, shift=shift)
             if t >= cfg.input_length - 1:
                 predictions.append(pred)
         out = torch.stack(predictions, dim=1)  # (B, output_length, C p^2, h, w)
         return from_patches(out, cfg.patch_size, height, width)  # (B, output_length, C, H, W)
+
+    def step_shift(
+        self, step_minutes: Tensor | float | None, batch: int, device: torch.device
+    ) -> Tensor:
+        """Layer 1's input-gate offsets ``(B, 7 hidden, 1, 1)`` for steps of ``step_minutes``."""
+        if step_minutes is None:
+            raise ValueError(
+                "this model takes its step's duration as an input (step_input): pass "
+                "step_minutes, the minutes between the frames it is fed"
+            )
+        minutes = torch.as_tensor(step_minutes, dtype=torch.float32, device=device).reshape(-1)
+        if minutes.numel() not in (1, batch) or not bool(torch.all(minutes > 0)):
+            raise ValueError(
+                f"step_minutes {minutes.tolist()}: expected one positive number or {batch}"
+            )
+        s = (minutes / STEP_SCALE).expand(batch)
+        features = torch.stack([s, torch.log(s)], dim=1)  # (B, 2)
+        return self.step_gates(features)[:, :, None, None]
 
     def _patch_mask(self, mask: Tensor, b: int, ch: int, height: int, width: int) -> Tensor:
         steps = self.config.total_length - 2

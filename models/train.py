@@ -5,7 +5,8 @@ Contract
 --------
 :func:`train` takes datasets whose items are ``(frames, valid)`` float tensors
 ``(T, C, H, W)`` (normalised values in [0, 1] and a validity mask; see
-``pipeline.sequences``) and writes into ``out_dir``:
+``pipeline.sequences``), or ``(frames, valid, step_minutes)`` for a model with
+``step_input`` (``pipeline.packs``), and writes into ``out_dir``:
 
 - ``best.safetensors`` / ``last.safetensors``: model checkpoints (``models.checkpoint``),
   with the step and validation scores in their metadata;
@@ -332,12 +333,12 @@ def validate(
     tables = {(m, t): np.zeros(3) for m in ("model", "persistence") for t in config.thresholds_dbz}
     model.eval()
     with torch.no_grad():
-        for i, (frames, valid) in enumerate(loader):
+        for i, batch in enumerate(loader):
             if config.val_batches and i >= config.val_batches:
                 break
-            frames, valid = frames.to(device), valid.to(device)
+            frames, valid, steps = _unpack(batch, device)
             with autocast(device, enabled=config.bf16):
-                pred = model(frames[:, :n_in])
+                pred = model(frames[:, :n_in], step_minutes=steps)
             pred = pred.float().clamp(0, 1) * (hi - lo) + lo
             obs = frames[:, n_in:] * (hi - lo) + lo
             persist = (frames[:, n_in - 1 : n_in] * (hi - lo) + lo).expand_as(obs)
@@ -431,11 +432,11 @@ def train(
                 train_set.set_epoch(epoch)
             loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler,
                                 num_workers=config.num_workers)  # fmt: skip
-            for frames, valid in loader:
-                frames, valid = frames.to(env.device), valid.to(env.device)
+            for batch in loader:
+                frames, valid, steps = _unpack(batch, env.device)
                 mask = sampling_mask(step, frames.shape[0], model_config, config, gen)
                 with autocast(env.device, enabled=config.bf16):
-                    pred = net(frames, mask.to(env.device))
+                    pred = net(frames, mask.to(env.device), step_minutes=steps)
                 target, ok = frames[:, n_in:], valid[:, n_in:]
                 weights = None
                 if config.loss == "balanced":
@@ -487,6 +488,13 @@ def train(
             metrics.close()
     curves = plot_curves(metrics_path, out / "training_curves.png") if env.main else None
     return TrainResult(step, best, best_path, last_path, metrics_path, curves, stopped)
+
+
+def _unpack(batch, device: torch.device):
+    """``(frames, valid, step_minutes or None)`` of a batch of 2- or 3-tuples, on ``device``."""
+    frames, valid = batch[0].to(device), batch[1].to(device)
+    steps = batch[2].to(device) if len(batch) > 2 else None
+    return frames, valid, steps
 
 
 def _past(deadline_s: float | None, started: float, env: _Dist) -> bool:

@@ -396,7 +396,7 @@ class MIMNetForecaster(_ReadsEveryKthFrame):
             )
         inputs = np.asarray(inputs[-n_in:], dtype=np.float32)
         key = (str(self.checkpoint), id(ckpt), hashlib.blake2b(inputs.tobytes(), digest_size=16)
-               .hexdigest(), self.device, self.bf16, stride)  # fmt: skip
+               .hexdigest(), self.device, self.bf16, stride, self.time_step_minutes)  # fmt: skip
         raw = _RAW.get(key)
         if raw is None:
             raw = self._raw(ckpt, inputs[::stride], stride)
@@ -435,7 +435,15 @@ class MIMNetForecaster(_ReadsEveryKthFrame):
             frames = torch.from_numpy(x)[None, :, None]  # (1, T, 1, H, W)
             lag, _ = to_lagrangian(frames, torch.from_numpy(valid)[None, :, None], velocity, n_in)
             x = lag[0, :, 0].numpy()
-        pred = predict(ckpt.model, x, self)  # (T_out, H, W) in [0, 1]
+        step = None
+        if getattr(ckpt.model.config, "step_input", False):
+            if self.time_step_minutes is None:
+                raise ValueError(
+                    f"{self.checkpoint}: the model takes the archive's time step as an input, "
+                    "and it is unknown here (at_time_step)"
+                )
+            step = self.time_step_minutes * stride
+        pred = predict(ckpt.model, x, self, step_minutes=step)  # (T_out, H, W) in [0, 1]
         if stride > 1:
             pred = _interpolate_leads(x[-1], pred, stride)
             if velocity is not None:

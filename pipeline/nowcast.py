@@ -137,12 +137,13 @@ def tile_slices(size: int, tile: int, overlap: int) -> list[slice]:
     return [slice(s, s + tile) for s in sorted(set(starts))]
 
 
-def predict(model, frames: np.ndarray, options) -> np.ndarray:
+def predict(model, frames: np.ndarray, options, step_minutes: float | None = None) -> np.ndarray:
     """Run ``model`` on normalised ``frames`` ``(T_in, H, W)``; return ``(T_out, H, W)`` in [0, 1].
 
     ``options`` has the fields of :class:`TileOptions` (a
     :class:`~mimcast.pipeline.forecasters.MIMNetForecaster` has them too); tiles when
-    ``H * W`` exceeds ``options.max_pixels``.
+    ``H * W`` exceeds ``options.max_pixels``. ``step_minutes``: minutes between the frames,
+    for a model that takes them (``step_input``).
     """
     import torch
 
@@ -154,11 +155,12 @@ def predict(model, frames: np.ndarray, options) -> np.ndarray:
     model = model.to(device).eval()
     n_out = model.config.output_length
     _, height, width = frames.shape
+    kwargs = {"step_minutes": step_minutes} if step_minutes is not None else {}
 
     def run(block: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(block))[None, :, None].to(device)
         with torch.inference_mode(), autocast(device, enabled=bf16):
-            y = model(x)  # (1, T_out, 1, h, w)
+            y = model(x, **kwargs)  # (1, T_out, 1, h, w)
         return y[0, :, 0].float().clamp(0, 1).cpu().numpy()
 
     if height * width <= options.max_pixels:

@@ -22,7 +22,8 @@ missing (past the end of a short archive, or a gap) are no-data in the loss. The
 ``val_fraction`` of each cube's starts is validation, with ``n_inputs + n_outputs`` frames
 of buffer, so training and validation windows never share a frame.
 
-:class:`PackDataset` serves ``(frames, valid)`` patches as ``models.train`` expects them,
+:class:`PackDataset` serves ``(frames, valid)`` patches as ``models.train`` expects them
+(``(frames, valid, step_minutes)`` for a model with ``step_input``),
 normalised to [0, 1]: in the Lagrangian frame (inputs and targets moved with the window's
 motion to the reference time, with a margin around the patch so that echo moving in is
 there) or the Eulerian one, optionally rotated and flipped (augmentation; the Lagrangian
@@ -227,6 +228,9 @@ class PackDataset:
         With a device (``"cuda"``), every window is moved to its frame once, on the whole grid,
         and kept there in float16: items are crops, and data loading costs nothing next to a
         GPU step. Without one, each item is transformed on its own region (little memory).
+    with_step
+        Items are ``(frames, valid, step_minutes)``: the minutes between the item's frames
+        (its archive's step times the pack's stride), for a model with ``step_input``.
     """
 
     def __init__(
@@ -240,6 +244,7 @@ class PackDataset:
         cubes: Sequence[int] | None = None,
         seed: int = 0,
         device: str | None = None,
+        with_step: bool = False,
     ) -> None:
         if split not in ("train", "val"):
             raise ValueError(f"split {split!r}: 'train' or 'val'")
@@ -261,7 +266,7 @@ class PackDataset:
                 keep.append((int(k), int(i), int(r), int(c)))
         self.items = keep
         self.seed, self.epoch = seed, 0
-        self.device = device
+        self.device, self.with_step = device, with_step
         self._windows: dict[tuple[int, int], tuple] = {}
         if device is not None:
             for k, i in sorted({(k, i) for k, i, _, _ in keep}):
@@ -277,6 +282,10 @@ class PackDataset:
     def cube_names(self) -> list[str]:
         """Paths of the pack's cubes, by index."""
         return list(self.meta["cubes"])
+
+    def step_minutes(self, k: int) -> float:
+        """Minutes between the frames of cube ``k``'s windows (its step times its stride)."""
+        return float(self.meta["steps"][k]) * self.meta.get("strides", [1] * (k + 1))[k]
 
     def _velocity(self, k: int, i: int, rows: slice, cols: slice):
         """Window ``i``'s motion at full resolution on ``rows`` x ``cols`` ``(1, 2, h, w)``.
@@ -375,4 +384,7 @@ class PackDataset:
             xt, vt = torch.rot90(xt, turns, (2, 3)), torch.rot90(vt, turns, (2, 3))
             if rng.random() < 0.5:
                 xt, vt = torch.flip(xt, (3,)), torch.flip(vt, (3,))
+        if self.with_step:
+            step = torch.tensor(self.step_minutes(k), dtype=torch.float32)
+            return xt.contiguous(), vt.contiguous(), step
         return xt.contiguous(), vt.contiguous()

@@ -125,7 +125,7 @@ def run_training(
             raise FileNotFoundError(f"{cube}: no such cube (run 'mimcast ingest' first)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if config.data.uses_pack:
+    if config.data.uses_pack or config.model.step_input:  # a pack knows each window's step
         from mimcast.pipeline.packs import build_pack
 
         pack = out / "pack.npz"
@@ -163,7 +163,7 @@ def train_from_pack(
         where = train_device(config.train)
         device = str(where) if where.type == "cuda" else None
     common = {"frame": data.frame, "dbz_range": (data.dbz_min, data.dbz_max), "cubes": cubes,
-              "device": device}  # fmt: skip
+              "device": device, "with_step": config.model.step_input}  # fmt: skip
     train_set = PackDataset(pack, "train", augment=data.augment, seed=config.train.seed, **common)
     val_set = PackDataset(pack, "val", **common)
     if (train_set.n_inputs, train_set.n_outputs) != (data.input_length, data.output_length):

@@ -317,3 +317,56 @@ def test_probability_matching_gives_each_lead_the_reference_distribution():
         np.testing.assert_allclose(np.sort(out[k].ravel()), np.sort(reference.ravel()), rtol=1e-6)
         assert (np.argsort(out[k].ravel(), kind="stable") == np.argsort(forecast[k].ravel(),
                 kind="stable")).mean() > 0.99  # fmt: skip
+
+
+def test_a_step_aware_model_is_trained_and_run_with_each_archives_model_step(tmp_path):
+    # step_input: training items carry the minutes between their frames (the archive's step
+    # times the pack's stride), and the forecaster feeds the model the same for its archive
+    from mimcast.models.mimnet import STEP_SCALE, MIMNetConfig
+    from mimcast.models.train import TrainConfig
+    from mimcast.pipeline.packs import PackConfig, PackDataset, build_pack
+    from mimcast.pipeline.sequences import SequenceConfig
+    from mimcast.pipeline.synthetic import SyntheticConfig, synthetic_cube
+    from mimcast.pipeline.training import RunConfig, train_from_pack
+
+    stores = []
+    for name, step in (("two", 2), ("five", 5)):
+        cube = synthetic_cube(SyntheticConfig(height=64, width=64, frames=40, seed=3,
+                                              wind_u=15.0, step_minutes=step))  # fmt: skip
+        cube.to_zarr(tmp_path / f"{name}.zarr", consolidated=False)
+        stores.append(tmp_path / f"{name}.zarr")
+    pack = build_pack(stores, tmp_path / "pack.npz",
+                      PackConfig(n_inputs=4, n_outputs=6, patch=32, stride=16,
+                                 min_coverage=0.01, min_step_minutes=4),
+                      progress=False)  # fmt: skip
+    items = PackDataset(pack, "train", with_step=True)
+    seen = {int(k): float(items[j][2]) for j, (k, *_) in enumerate(items.items)}
+    assert seen == {0: 4.0, 1: 5.0}  # 2-minute frames read every other one; 5 as they are
+    assert len(PackDataset(pack, "train")[0]) == 2  # without with_step: (frames, valid)
+
+    model = MIMNetConfig(input_length=4, output_length=6, num_layers=2, num_hidden=8,
+                         filter_size=3, residual=True, step_input=True)  # fmt: skip
+    data = SequenceConfig(input_length=4, output_length=6, frame="lagrangian", patch=32,
+                          min_step_minutes=4)  # fmt: skip
+    train = TrainConfig(device="cpu", max_steps=3, batch_size=4, val_every=3, val_batches=1,
+                        warmup_steps=1)  # fmt: skip
+    result = train_from_pack(pack, tmp_path / "run", RunConfig(model, data, train),
+                             progress=False)  # fmt: skip
+    fc = MIMNetForecaster(checkpoint=str(result.best), device="cpu", min_step_minutes=4)
+    net = fc.loaded.model
+    assert net.config.step_input and net.step_gates.weight.abs().sum() > 0  # it trained
+    fed = []
+    hook = net.step_gates.register_forward_hook(lambda m, args, out: fed.append(args[0]))
+    inputs = synthetic_cube(SyntheticConfig(height=64, width=64, frames=12, seed=4,
+                                            step_minutes=2))["reflectivity"].values  # fmt: skip
+    try:
+        out = fc.at_time_step(2)(inputs, 12)
+        assert out.shape == (12, 64, 64)
+        # the model reads every other 2-minute frame: its step is 4 minutes
+        torch.testing.assert_close(fed[-1][0, 0], torch.tensor(4.0 / STEP_SCALE))
+        fc.at_time_step(10)(inputs[-4:], 6)
+        torch.testing.assert_close(fed[-1][0, 0], torch.tensor(10.0 / STEP_SCALE))
+        with pytest.raises(ValueError, match="time step"):
+            MIMNetForecaster(checkpoint=str(result.best), device="cpu")(inputs[-4:], 6)
+    finally:
+        hook.remove()

@@ -38,14 +38,18 @@ from mimcast.models.mimnet import MIMNet, MIMNetConfig
 from mimcast.pipeline.atomic import atomic_path
 
 FORMAT = "mimcast-checkpoint"
-FORMAT_VERSION = "3"  # 3: typed InputConfig; 2: per-pixel channel norm replaced GroupNorm
-READABLE_VERSIONS = ("2", "3")
+# 4: MIMNetConfig.step_input; 3: typed InputConfig; 2: per-pixel channel norm replaced GroupNorm
+FORMAT_VERSION = "4"
+READABLE_VERSIONS = ("2", "3", "4")
 
 #: Model name -> (module class, config dataclass). The class takes the config as its argument.
 MODELS: dict[str, tuple[type[nn.Module], type]] = {"MIMNet": (MIMNet, MIMNetConfig)}
 
-#: Config fields added after format 2, with the value that reproduces the older model.
-_ADDED_FIELDS: dict[str, dict[str, Any]] = {"MIMNet": {"residual": False}}
+#: Config fields by the format version that added them, with the value that reproduces the
+#: older model: a checkpoint of an earlier version is read with them.
+_ADDED_FIELDS: dict[str, dict[str, dict[str, Any]]] = {
+    "MIMNet": {"3": {"residual": False}, "4": {"step_input": False}}
+}
 
 
 def register_model(name: str, cls: type[nn.Module], config_cls: type) -> None:
@@ -173,8 +177,10 @@ def read_header(path: str | Path) -> tuple[str, Any, InputConfig, dict[str, Any]
         raw_inputs = json.loads(meta["inputs"]) if version != "2" else None
     except (KeyError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{path}: config metadata missing or not JSON ({err})") from err
+    for since, added in _ADDED_FIELDS.get(name, {}).items():
+        if int(version) < int(since):
+            raw = {**added, **raw}
     if version == "2":
-        raw = {**_ADDED_FIELDS.get(name, {}), **raw}
         if "dbz_min" not in extra or "dbz_max" not in extra:
             raise CheckpointError(
                 f"{path}: format 2 checkpoint without dbz_min/dbz_max in its metadata: its input "

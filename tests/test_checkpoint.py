@@ -104,7 +104,7 @@ def test_inputs_travel_with_the_checkpoint(tmp_path):
     spec = InputConfig(-10.0, 60.0, frame="lagrangian", motion_frames=3, postprocess="pm")
     path = save_checkpoint(model, tmp_path / "m.safetensors", inputs=spec)
     ckpt = open_checkpoint(path)
-    assert ckpt.inputs == spec and ckpt.name == "MIMNet" and ckpt.format_version == "3"
+    assert ckpt.inputs == spec and ckpt.name == "MIMNet" and ckpt.format_version == "4"
     with pytest.raises(TypeError):
         save_checkpoint(model, tmp_path / "n.safetensors")  # no silent default normalisation
 
@@ -113,6 +113,7 @@ def test_format_2_checkpoints_are_still_read_without_silent_defaults(saved):
     _, path = saved
     raw = dataclasses.asdict(CONFIG)
     raw.pop("residual")  # format 2 predates it
+    raw.pop("step_input")  # and this (format 4)
     _rewrite(path, format_version="2", config=json.dumps(raw),
              extra=json.dumps({"step": 3, "dbz_min": 5.0, "dbz_max": 65.0}))  # fmt: skip
     with safe_open(str(path), framework="pt") as f:
@@ -125,6 +126,19 @@ def test_format_2_checkpoints_are_still_read_without_silent_defaults(saved):
     assert ckpt.inputs == InputConfig(5.0, 65.0) and not ckpt.model.config.residual
     _rewrite(path, extra=json.dumps({"step": 3}))
     with pytest.raises(CheckpointError, match="normalisation is unknown"):
+        open_checkpoint(path)
+
+
+def test_format_3_checkpoints_are_read_as_step_blind_and_a_format_3_key_is_still_required(saved):
+    _, path = saved
+    raw = dataclasses.asdict(CONFIG)
+    raw.pop("step_input")  # format 3 predates it
+    _rewrite(path, format_version="3", config=json.dumps(raw))
+    ckpt = open_checkpoint(path)
+    assert ckpt.format_version == "3" and not ckpt.model.config.step_input
+    raw.pop("residual")  # format 3 wrote it: missing, the file is refused
+    _rewrite(path, config=json.dumps(raw))
+    with pytest.raises(CheckpointError, match="missing keys: \\['residual'\\]"):
         open_checkpoint(path)
 
 

@@ -15,7 +15,9 @@ Loading reads the header first, rebuilds the configs (unknown or missing keys fa
 message naming them), then loads the tensors with ``safetensors`` (no ``pickle``, no
 ``torch.load``) into a freshly built model, strictly. Format 2 files (no ``inputs``) are still
 read: their normalisation comes from ``extra`` (``dbz_min``/``dbz_max``, written by every
-mimcast trainer), never from a silent default. Writes are atomic (``pipeline.atomic``).
+mimcast trainer), never from a silent default. Config fields added since a file's format
+(:data:`_ADDED_FIELDS`) take the value that reproduces its model (format 3: ``step_input =
+False``). Writes are atomic (``pipeline.atomic``).
 
 A new model is its model file plus one :func:`register_model` call.
 """

@@ -283,9 +283,13 @@ class PackDataset:
         """Paths of the pack's cubes, by index."""
         return list(self.meta["cubes"])
 
+    def stride(self, k: int) -> int:
+        """Archive frames between the frames of cube ``k``'s windows (packs before strides: 1)."""
+        return self.meta.get("strides", [1] * (k + 1))[k]
+
     def step_minutes(self, k: int) -> float:
         """Minutes between the frames of cube ``k``'s windows (its step times its stride)."""
-        return float(self.meta["steps"][k]) * self.meta.get("strides", [1] * (k + 1))[k]
+        return float(self.meta["steps"][k]) * self.stride(k)
 
     def _velocity(self, k: int, i: int, rows: slice, cols: slice):
         """Window ``i``'s motion at full resolution on ``rows`` x ``cols`` ``(1, 2, h, w)``.
@@ -333,7 +337,7 @@ class PackDataset:
 
         frames = self.arrays[f"frames_{k}"]
         start = int(self.arrays[f"starts_{k}"][i])
-        every = self.meta.get("strides", [1] * (k + 1))[k]  # packs before strides: 1
+        every = self.stride(k)
         length = self.n_inputs + self.n_outputs
         region = frames[start : start + (length - 1) * every + 1 : every, rows, cols]
         block = np.full((length, *region.shape[1:]), np.nan, dtype=np.float32)

@@ -293,11 +293,16 @@ def hindcast(
     """
     import dask
 
+    from mimcast.pipeline.forecasters import at_time_step
+
     options = options or VerifyOptions()
     if not refs:
         raise ValueError("no reference time with complete inputs and targets in the period")
+    # every method learns the archive's step: a step-aware model needs it, and a model on a
+    # short-step archive reads every k-th frame
+    forecasters = {label: at_time_step(fc, step) for label, fc in forecasters.items()}
     task = functools.partial(score_reference, cube, n_inputs=n_inputs, n_leads=n_leads,
-                             step=step, forecasters=dict(forecasters), options=options)  # fmt: skip
+                             step=step, forecasters=forecasters, options=options)  # fmt: skip
     tasks = [dask.delayed(task)(ref) for ref in refs]
     with dask_scheduler(scheduler) as where, TaskBar("hindcast", progress, "forecast"):
         results = dask.compute(*tasks, scheduler=where)

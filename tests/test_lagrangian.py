@@ -368,5 +368,17 @@ def test_a_step_aware_model_is_trained_and_run_with_each_archives_model_step(tmp
         torch.testing.assert_close(fed[-1][0, 0], torch.tensor(10.0 / STEP_SCALE))
         with pytest.raises(ValueError, match="time step"):
             MIMNetForecaster(checkpoint=str(result.best), device="cpu")(inputs[-4:], 6)
+        # a hindcast knows the cube's step and gives it to the methods it scores
+        from mimcast.pipeline.verify import VerifyOptions, hindcast, reference_times
+
+        cube = synthetic_cube(SyntheticConfig(height=64, width=64, frames=24, seed=5,
+                                              step_minutes=2))  # fmt: skip
+        n_in = fc.at_time_step(2).input_frames
+        refs = reference_times(cube, n_in, 6)[:1]
+        bare = MIMNetForecaster(checkpoint=str(result.best), device="cpu", min_step_minutes=4)
+        scores = hindcast(cube, refs, n_in, 6, 2, {"mimnet": bare}, VerifyOptions(),
+                          scheduler="synchronous")  # fmt: skip
+        assert {r["lead_time"] for r in scores.table()} == {2, 4, 6, 8, 10, 12}
+        torch.testing.assert_close(fed[-1][0, 0], torch.tensor(4.0 / STEP_SCALE))
     finally:
         hook.remove()

@@ -245,12 +245,13 @@ def test_tiled_inference_matches_untiled_with_the_shipped_model():
     from mimcast.pipeline.sequences import Normalizer
 
     x, _ = Normalizer().normalize(cube.reflectivity.values)
-    whole = predict(model, x, TileOptions())
-    tiled = predict(model, x, TileOptions(max_pixels=64 * 64, tile=96, overlap=48))
+    step = float(cube.attrs["time_step_minutes"])  # the shipped model takes it (step_input)
+    whole = predict(model, x, TileOptions(), step)
+    tiled = predict(model, x, TileOptions(max_pixels=64 * 64, tile=96, overlap=48), step)
     diff = np.abs(tiled - whole) * 70  # in dBZ
     # the recurrent receptive field spans more than any overlap, so not bit-equal, but close
     assert diff.mean() < 0.5 and np.percentile(diff, 99) < 10.0, (diff.mean(), diff.max())
-    no_overlap = predict(model, x, TileOptions(max_pixels=64 * 64, tile=96, overlap=0))
+    no_overlap = predict(model, x, TileOptions(max_pixels=64 * 64, tile=96, overlap=0), step)
     seams = np.abs(no_overlap - whole) * 70
     # blending removes the worst seam errors
     assert np.percentile(diff, 99.9) < 0.8 * np.percentile(seams, 99.9)

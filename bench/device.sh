@@ -11,7 +11,13 @@
 # scipy, xarray and safetensors only: mimcast's folders are put on the path as mimcast.*
 # without installing it. PARTS (default "tests model network ddp train") picks parts; the part
 # "nowcast" runs the whole bench/nowcast.py (cube -> NetCDF, beside pysteps) and needs the I/O
-# stack: wheels (and sdists, built there) in .whl/ are installed first when present.
+# stack: wheels (and sdists, built there) in .whl/ are installed first when present. The part
+# "folds" trains leave-one-archive-out runs side by side on the one GPU, each its own process
+# (each is launch-bound: three ran at the speed of one on an H200): FOLDS (default "final"),
+# CONFIG (default data/real_cpu.toml), FOLD_STEPS / FINAL_STEPS (override max_steps), EXCLUDE
+# (the final model's held-out archives, default "rmi radolan-yw"). Each run comes back as
+# OUT/<fold>.tgz with its log and its resumable state: unpack into DIR/folds/<fold>/lagrangian
+# (DIR/final/lagrangian) and the same `mimcast loao ... --only` command goes on from there.
 # TRAIN_SECONDS (default 240; less if END_BY, epoch seconds, comes sooner) bounds the training
 # part. Its number of steps is set from the step rate measured in its first seconds, so that
 # the learning-rate schedule and scheduled sampling end inside the budget (data/real.toml's
@@ -86,6 +92,35 @@ python3 -m torch.distributed.run --standalone --nproc_per_node 2 -m mimcast.pipe
 echo "torchrun exit: ${PIPESTATUS[0]}"
 grep -c '"loss"' "$DDP/folds/bom-cscn/lagrangian/metrics.jsonl" 2>&1 | sed 's/^/loss lines: /'
 tail -1 "$DDP/folds/bom-cscn/lagrangian/metrics.jsonl" 2>&1
+fi
+
+if want folds; then
+FOLDS_S=$TRAIN_S
+if [ -n "${END_BY:-}" ] && [ $((END_BY - $(date +%s) - 40)) -lt "$FOLDS_S" ]; then
+    FOLDS_S=$((END_BY - $(date +%s) - 40))
+fi
+stamp "folds side by side (${FOLDS:-final}), $FOLDS_S s"
+RUNS=$(mktemp -d)
+ln -s "$PACK" "$RUNS/pack.npz"
+PIDS=()
+for f in ${FOLDS:-final}; do
+    steps=${FOLD_STEPS:-}
+    extra=()
+    if [ "$f" = final ]; then steps=${FINAL_STEPS:-}; extra=(--exclude ${EXCLUDE:-rmi radolan-yw}); fi
+    $CLI loao $NAMES --config "${CONFIG:-data/real_cpu.toml}" --out "$RUNS" --stage train \
+        --only "$f/lagrangian" ${steps:+--max-steps "$steps"} --device "$DEV" \
+        --deadline-s $((FOLDS_S - 30)) -q "${extra[@]}" > "$RUNS/$f.log" 2>&1 &
+    PIDS+=($!)
+done
+wait "${PIDS[@]}"
+for f in ${FOLDS:-final}; do
+    dir="$RUNS/folds/$f/lagrangian"
+    [ "$f" = final ] && dir="$RUNS/final/lagrangian"
+    echo "$f: $(grep -c '"loss"' "$dir/metrics.jsonl" 2>/dev/null) loss lines; last validation:"
+    grep '"validation"' "$dir/metrics.jsonl" 2>/dev/null | tail -1 | cut -c1-160
+    tail -2 "$RUNS/$f.log"
+    tar czf "$OUT/$f.tgz" -C "$dir" --exclude last.safetensors . -C "$RUNS" "$f.log"
+done
 fi
 
 if want train; then

@@ -44,6 +44,14 @@ NAMES=$(python3 -c "import json, sys, numpy as np
 print(' '.join(json.loads(np.load(sys.argv[1])['meta'].tobytes())['cubes']))" "$PACK")
 
 want() { [[ " ${PARTS:-tests model network ddp train} " == *" $1 "* ]]; }
+within_end_by() {  # within_end_by SECONDS MARGIN: SECONDS, or less if END_BY (epoch seconds,
+    local s=$1 left  # by which all must be done) minus MARGIN comes sooner
+    if [ -n "${END_BY:-}" ]; then
+        left=$((END_BY - $(date +%s) - $2))
+        [ "$left" -lt "$s" ] && s=$left
+    fi
+    echo "$s"
+}
 stamp "machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda,
@@ -95,10 +103,7 @@ tail -1 "$DDP/folds/bom-cscn/lagrangian/metrics.jsonl" 2>&1
 fi
 
 if want folds; then
-FOLDS_S=$TRAIN_S
-if [ -n "${END_BY:-}" ] && [ $((END_BY - $(date +%s) - 40)) -lt "$FOLDS_S" ]; then
-    FOLDS_S=$((END_BY - $(date +%s) - 40))
-fi
+FOLDS_S=$(within_end_by "$TRAIN_S" 40)
 stamp "folds side by side (${FOLDS:-final}), $FOLDS_S s"
 RUNS=$(mktemp -d)
 ln -s "$PACK" "$RUNS/pack.npz"
@@ -124,9 +129,7 @@ done
 fi
 
 if want train; then
-if [ -n "${END_BY:-}" ] && [ $((END_BY - $(date +%s) - 20)) -lt "$TRAIN_S" ]; then
-    TRAIN_S=$((END_BY - $(date +%s) - 20))  # END_BY: epoch seconds by which all must be done
-fi
+TRAIN_S=$(within_end_by "$TRAIN_S" 20)
 stamp "training: final/lagrangian without rmi and radolan-yw, $TRAIN_S s"
 RUN=$(mktemp -d)
 ln -s "$PACK" "$RUN/pack.npz"

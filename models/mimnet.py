@@ -564,7 +564,27 @@ def compile_step(model: MIMNet, **options) -> MIMNet:
     """Compile the per-time-step computation with ``torch.compile`` and return ``model``.
 
     Compiling one step (reused every time step) keeps compile time independent of the
-    sequence length, unlike compiling the unrolled ``forward``.
+    sequence length, unlike compiling the unrolled ``forward``. Inductor fuses the gate norm
+    and the gates' element-wise work into a few loops; the convolutions stay oneDNN/cuDNN
+    calls. Where compiling fails (a platform without a working compiler toolchain, a backend
+    bug), the step says why once and runs eagerly: the same results, only slower.
     """
-    model.stack.forward = torch.compile(model.stack.forward, **options)  # type: ignore[method-assign]
+    import torch._dynamo  # its exceptions, below
+
+    eager = model.stack.forward
+    compiled = torch.compile(eager, **options)
+
+    def forward(*args, **kwargs):
+        try:
+            return compiled(*args, **kwargs)
+        except torch._dynamo.exc.TorchDynamoException as err:
+            cause = getattr(err, "inner_exception", None) or err.__cause__ or err
+            logging.getLogger(__name__).warning(
+                "torch.compile failed (%s: %s): running this model's step eagerly",
+                type(cause).__name__, str(cause).strip()[:300],
+            )  # fmt: skip
+            model.stack.forward = eager  # type: ignore[method-assign]
+            return eager(*args, **kwargs)
+
+    model.stack.forward = forward  # type: ignore[method-assign]
     return model

@@ -245,13 +245,47 @@ def test_bf16_autocast_runs_only_where_the_cpu_has_native_bf16():
     assert out.dtype == (torch.bfloat16 if native else torch.float32)
 
 
-def test_torch_compile_option_matches_eager():
-    model = tiny(num_layers=2)
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_a_compiled_step_trains_as_the_eager_one(device, monkeypatch):
+    # the recipe's features (channels_last, residual, step input, a sampling mask); forward and
+    # backward compiled: the outputs and every parameter's gradient as in eager mode
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # fp32 on both sides
+    changes = dict(num_layers=2, channels_last=True, residual=True, step_input=True)
+    x, mask = frames(2, TINY.total_length, 12, 12), torch.full((2, TINY.total_length - 2), 0.5)
+    x, mask = x.to(device), mask.to(device)
+    results = []
+    for compile_it in (False, True):
+        model = tiny(**changes).to(device).to(memory_format=torch.channels_last).train()
+        model = compile_step(model) if compile_it else model
+        with torch.no_grad():  # a trained step offset, so that the step input is exercised
+            w = model.step_gates.weight
+            w.copy_(0.5 * torch.randn(w.shape, generator=torch.Generator().manual_seed(1)))
+        out = model(x, mask, step_minutes=torch.tensor([5.0, 10.0], device=device))
+        ((out - x[:, TINY.input_length :]) ** 2).mean().backward()
+        results.append((out.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    (eager, eager_grads), (compiled, compiled_grads) = results
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+    assert eager_grads.keys() == compiled_grads.keys()
+    for name, grad in eager_grads.items():
+        assert grad is not None and grad.abs().sum() > 0, name
+        torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-3, atol=1e-6, msg=name)
+
+
+def test_a_step_that_fails_to_compile_runs_eagerly_and_says_so(caplog):
+    def broken_backend(graph, example_inputs):  # a compiler that fails, as on a broken toolchain
+        raise RuntimeError("no C++ compiler found")
+
     x = frames(1, TINY.input_length, 12, 12)
     with torch.no_grad():
-        eager = model(x)
-        compiled = compile_step(tiny(num_layers=2))(x)
-    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+        eager = tiny()(x)
+        with caplog.at_level("WARNING", logger="mimcast.models.mimnet"):
+            model = compile_step(tiny(), backend=broken_backend)
+            out = model(x)
+            again = model(x)  # later calls go straight to the eager step
+    torch.testing.assert_close(out, eager, rtol=0, atol=0)
+    torch.testing.assert_close(again, eager, rtol=0, atol=0)
+    said = [r.getMessage() for r in caplog.records if "torch.compile failed" in r.getMessage()]
+    assert len(said) == 1 and "no C++ compiler found" in said[0], said
 
 
 def test_channel_norm_in_channels_last_matches_the_plain_layout_without_a_copy():

@@ -7,6 +7,10 @@ Usage::
     python bench/model.py --cases small --precisions fp32 bf16 --repeats 5
     python bench/model.py --cases small --batch 4 --against openstl   # OpenSTL importable
 
+Cases: ``small`` and ``large`` (the issue's configurations) and ``shipped``, the real-radar
+recipe's model as ``data/real_cpu.toml`` sets it (its layout under ``--layout auto``) on its
+64² training patches, stepped as 5-minute frames.
+
 Each case runs in a fresh process so that peak memory (``ru_maxrss`` on CPU,
 ``torch.cuda.max_memory_allocated`` on CUDA) belongs to that case alone. One JSON object per
 line on stdout, then a summary array. Timings are medians over ``--repeats`` after warm-up;
@@ -18,6 +22,11 @@ configuration, in the same process, in alternating rounds: same layers, hidden c
 filter, patch, frames, batch, optimiser and precision, ``layer_norm=0`` and its usual
 (non-reverse) scheduled sampling. The JSON adds its times and our speed-up over it; its peak
 memory then covers both models.
+
+On CPU, ``conv_share`` is the share of one profiled step's operator time spent in
+convolutions (forward and backward), for each model; ``speedup_ceiling`` is the speed-up over
+OpenSTL we would reach if everything but our convolutions took no time: the bound on what
+fusing the element-wise work (the norm, the gates) can buy at the same convolutions.
 """
 
 from __future__ import annotations
@@ -26,19 +35,59 @@ import argparse
 import json
 import multiprocessing as mp
 import platform
+import re
 import resource
 import statistics
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 CASES = {
     # name: (num_layers, num_hidden, patch_size, height, width, input_length, output_length)
     "small": (4, 64, 4, 64, 64, 10, 10),
     "large": (4, 128, 4, 256, 256, 10, 10),
+    "shipped": None,  # the real-radar recipe's model (data/real_cpu.toml) on its 64² patches
 }
+RECIPE = ROOT / "data" / "real_cpu.toml"
+
+
+def _case_config(name: str, layout: str, device, norm: bool):
+    """Return ``(MIMNetConfig, height, width)`` of a case."""
+    import dataclasses
+
+    from mimcast.models.mimnet import MIMNetConfig
+    from mimcast.pipeline.training import load_run_config
+
+    channels_last = layout == "channels_last" or (layout == "auto" and device.type == "cuda")
+    if CASES[name] is None:
+        run = load_run_config(RECIPE)
+        if layout == "auto":  # as the recipe trains
+            channels_last = run.model.channels_last
+        config = dataclasses.replace(run.model, layer_norm=norm, channels_last=channels_last)
+        return config, run.data.patch, run.data.patch
+    layers, hidden, patch, h, w, t_in, t_out = CASES[name]
+    config = MIMNetConfig(
+        num_layers=layers, num_hidden=hidden, patch_size=patch, input_length=t_in,
+        output_length=t_out, layer_norm=norm, channels_last=channels_last,
+    )  # fmt: skip
+    return config, h, w
+
+
+def _conv_share(fn) -> float:
+    """Share of one call's operator time (CPU self time) spent in convolutions, forward and
+    backward. A step can get at most ``1 / share`` faster without faster convolutions."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    # oneDNN, THNN (im2col; fp32 at batch 1) and inductor's fused forms, forward and backward
+    conv = sum(e.self_cpu_time_total for e in events if re.search(r"conv(?!ert)", e.key))
+    return conv / total if total else float("nan")
 
 
 def _sync(device):
@@ -112,16 +161,12 @@ def run_case(name: str, device_name: str, precision: str, batch: int, repeats: i
              layout: str = "auto", against: str | None = None, norm: bool = True):  # fmt: skip
     import torch
 
-    from mimcast.models.mimnet import MIMNet, MIMNetConfig, autocast, compile_step, count_parameters
+    from mimcast.models.mimnet import MIMNet, autocast, compile_step, count_parameters
 
-    layers, hidden, patch, h, w, t_in, t_out = CASES[name]
     device = torch.device(device_name)
+    config, h, w = _case_config(name, layout, device, norm)
+    t_in, t_out = config.input_length, config.output_length
     torch.manual_seed(0)
-    config = MIMNetConfig(
-        num_layers=layers, num_hidden=hidden, patch_size=patch, input_length=t_in,
-        output_length=t_out, layer_norm=norm,
-        channels_last=layout == "channels_last" or (layout == "auto" and device.type == "cuda"),
-    )  # fmt: skip
     model = MIMNet(config).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -136,14 +181,14 @@ def run_case(name: str, device_name: str, precision: str, batch: int, repeats: i
     def train_step():
         opt.zero_grad(set_to_none=True)
         with autocast(device, enabled=use_bf16):
-            pred = model(x, mask)
+            pred = model(x, mask, step_minutes=5.0)  # the step: ignored without step_input
             loss = ((pred.float() - x[:, t_in:]) ** 2).mean()
         loss.backward()
         opt.step()
 
     def infer():
         with torch.inference_mode(), autocast(device, enabled=use_bf16):
-            model(x[:1, :t_in])
+            model(x[:1, :t_in], step_minutes=5.0)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -162,6 +207,9 @@ def run_case(name: str, device_name: str, precision: str, batch: int, repeats: i
             infer_fns.append(o_infer)
     train_s, *o_train_s = _timed_rounds(train_fns, device, repeats)
     infer_s, *o_infer_s = _timed_rounds(infer_fns, device, repeats)
+    shares = {}
+    if device.type == "cpu":  # where the time goes: the ceiling of element-wise savings
+        shares = {"train": _conv_share(train_step), "inference": _conv_share(infer)}
     if o_train_s:
         other = {
             "params": o_params,
@@ -170,6 +218,14 @@ def run_case(name: str, device_name: str, precision: str, batch: int, repeats: i
             "train_speedup": round(o_train_s[0] / train_s, 3),
             "inference_speedup": round(o_infer_s[0] / infer_s, 3),
         }
+        if shares:
+            o_shares = {"train": _conv_share(o_train), "inference": _conv_share(o_infer)}
+            other["conv_share"] = {k: round(v, 3) for k, v in o_shares.items()}
+            # our speed-up over it if everything but our convolutions took no time at all
+            other["speedup_ceiling"] = {
+                "train": round(o_train_s[0] / (shares["train"] * train_s), 3),
+                "inference": round(o_infer_s[0] / (shares["inference"] * infer_s), 3),
+            }
     if device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -185,9 +241,10 @@ def run_case(name: str, device_name: str, precision: str, batch: int, repeats: i
         "compiled": compile_,
         "channels_last": config.channels_last,
         "layer_norm": config.layer_norm,
-        "layers": layers,
-        "hidden": hidden,
-        "patch": patch,
+        "layers": config.num_layers,
+        "hidden": config.num_hidden,
+        "filter": config.filter_size,
+        "patch": config.patch_size,
         "grid": [h, w],
         "frames": [t_in, t_out],
         "params": count_parameters(model),
@@ -195,6 +252,7 @@ def run_case(name: str, device_name: str, precision: str, batch: int, repeats: i
         "train_samples_per_s": round(batch / train_s, 3),
         "train_step_s": round(train_s, 4),
         "inference_latency_s": round(infer_s, 4),
+        **({"conv_share": {k: round(v, 3) for k, v in shares.items()}} if shares else {}),
         "peak_memory_mb": round(peak_mb, 1),
         "peak_memory_kind": "cuda_max_allocated" if device.type == "cuda" else "process_max_rss",
         "torch": torch.__version__,

@@ -567,7 +567,9 @@ def compile_step(model: MIMNet, **options) -> MIMNet:
     sequence length, unlike compiling the unrolled ``forward``. Inductor fuses the gate norm
     and the gates' element-wise work into a few loops; the convolutions stay oneDNN/cuDNN
     calls. Where compiling fails (a platform without a working compiler toolchain, a backend
-    bug), the step says why once and runs eagerly: the same results, only slower.
+    bug), the step says why once and runs eagerly: the same results, only slower. A backward
+    pass that fails to compile raises only in ``backward()``: run the first training step
+    through :func:`eager_on_failure`.
     """
     import torch._dynamo  # its exceptions, below
 
@@ -578,13 +580,46 @@ def compile_step(model: MIMNet, **options) -> MIMNet:
         try:
             return compiled(*args, **kwargs)
         except torch._dynamo.exc.TorchDynamoException as err:
-            cause = getattr(err, "inner_exception", None) or err.__cause__ or err
-            logging.getLogger(__name__).warning(
-                "torch.compile failed (%s: %s): running this model's step eagerly",
-                type(cause).__name__, str(cause).strip()[:300],
-            )  # fmt: skip
-            model.stack.forward = eager  # type: ignore[method-assign]
-            return eager(*args, **kwargs)
+            return _eager_retry(model, err, lambda: eager(*args, **kwargs))
 
     model.stack.forward = forward  # type: ignore[method-assign]
     return model
+
+
+def is_compiled(model: MIMNet) -> bool:
+    """Whether ``model``'s step runs compiled (:func:`compile_step`)."""
+    return "forward" in model.stack.__dict__
+
+
+def eager_on_failure(model: MIMNet, fn):
+    """Return ``fn()``, a step through ``model`` (forward and backward); where ``model``'s step
+    is compiled and ``fn`` fails, say why once, make the step eager and return ``fn()`` again.
+
+    Errors that are not the compiler's fail again eagerly: they are raised from there, and the
+    step stays compiled. ``fn`` must be safe to repeat (clear gradients before its backward,
+    step no optimiser).
+    """
+    if not is_compiled(model):
+        return fn()
+    try:
+        return fn()
+    except Exception as err:  # a backward that does not compile raises a plain RuntimeError
+        return _eager_retry(model, err, fn)
+
+
+def _eager_retry(model: MIMNet, err: BaseException, call):
+    """Return ``call()`` with ``model``'s step eager from now on, and say why; where the eager
+    call fails as well, the error was not the compiler's: the step stays compiled."""
+    compiled = model.stack.__dict__.pop("forward", None)  # the class's eager forward again
+    try:
+        out = call()
+    except BaseException:
+        if compiled is not None:
+            model.stack.forward = compiled  # type: ignore[method-assign]
+        raise
+    cause = getattr(err, "inner_exception", None) or err.__cause__ or err
+    logging.getLogger(__name__).warning(
+        "torch.compile failed (%s: %s): running this model's step eagerly",
+        type(cause).__name__, str(cause).strip()[:300],
+    )  # fmt: skip
+    return out

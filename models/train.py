@@ -24,6 +24,7 @@ scheduled sampling live here, not in the model.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -49,7 +50,7 @@ from mimcast.models.device import (
     local_world_size,
     resolve_device,
 )
-from mimcast.models.mimnet import MIMNet, MIMNetConfig, autocast, compile_step
+from mimcast.models.mimnet import MIMNet, MIMNetConfig, autocast, compile_step, eager_on_failure
 from mimcast.pipeline.atomic import atomic_path
 from mimcast.pipeline.zr import MARSHALL_PALMER
 
@@ -424,7 +425,21 @@ def train(
     best_path = out / "best.safetensors" if (out / "best.safetensors").exists() else None
     last_path, started = None, time.monotonic()
     n_in = model_config.input_length
-    stopped = False
+    stopped, first = False, True
+
+    def forward_backward(frames, valid, steps, mask):  # gradients of one batch; the loss
+        with autocast(env.device, enabled=config.bf16):
+            pred = net(frames, mask.to(env.device), step_minutes=steps)
+        target, ok = frames[:, n_in:], valid[:, n_in:]
+        weights = None
+        if config.loss == "balanced":
+            lo, hi = dbz_range
+            weights = balanced_weights(target * (hi - lo) + lo)
+        loss = masked_loss(pred.float(), target, ok, weights)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        return loss
+
     try:
         while step < config.max_steps and not stopped:
             sampler.set_position(epoch, position * config.batch_size)
@@ -435,16 +450,11 @@ def train(
             for batch in loader:
                 frames, valid, steps = _unpack(batch, env.device)
                 mask = sampling_mask(step, frames.shape[0], model_config, config, gen)
-                with autocast(env.device, enabled=config.bf16):
-                    pred = net(frames, mask.to(env.device), step_minutes=steps)
-                target, ok = frames[:, n_in:], valid[:, n_in:]
-                weights = None
-                if config.loss == "balanced":
-                    lo, hi = dbz_range
-                    weights = balanced_weights(target * (hi - lo) + lo)
-                loss = masked_loss(pred.float(), target, ok, weights)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
+                this = functools.partial(forward_backward, frames, valid, steps, mask)
+                # the first compiled step also compiles the backward, which fails only there
+                # (not retried under DDP: its ranks would wait on the failed one's reduction)
+                loss = eager_on_failure(model, this) if first and env.world == 1 else this()
+                first = False
                 grad_norm = (
                     float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
                     if config.grad_clip

@@ -16,7 +16,9 @@ from mimcast.models.mimnet import (
     STLSTMCell,
     autocast,
     compile_step,
+    eager_on_failure,
     from_patches,
+    is_compiled,
     to_patches,
 )
 
@@ -286,6 +288,45 @@ def test_a_step_that_fails_to_compile_runs_eagerly_and_says_so(caplog):
     torch.testing.assert_close(again, eager, rtol=0, atol=0)
     said = [r.getMessage() for r in caplog.records if "torch.compile failed" in r.getMessage()]
     assert len(said) == 1 and "no C++ compiler found" in said[0], said
+
+
+def test_a_backward_that_fails_to_compile_is_trained_eagerly(caplog):
+    # AOTAutograd compiles the backward lazily: its failure raises only in backward(), after
+    # the compiled forward ran; eager_on_failure makes the step eager and runs it again
+    from torch._dynamo.backends.common import aot_autograd
+
+    def broken(graph, example_inputs):
+        raise RuntimeError("backward kernel failed to build")
+
+    x = frames(2, TINY.total_length, 12, 12)
+    backend = aot_autograd(fw_compiler=lambda graph, _: graph, bw_compiler=broken)
+    grads = []
+    for model in (tiny(num_layers=2).train(), tiny(num_layers=2).train()):
+        if grads:
+            compile_step(model, backend=backend)
+            assert is_compiled(model)
+
+        def step(model=model):
+            model.zero_grad(set_to_none=True)
+            loss = ((model(x[:, : TINY.input_length]) - x[:, TINY.input_length :]) ** 2).mean()
+            loss.backward()
+            return loss
+
+        with caplog.at_level("WARNING", logger="mimcast.models.mimnet"):
+            loss = eager_on_failure(model, step)
+        grads.append((loss.item(), [p.grad.clone() for p in model.parameters()]))
+    assert not is_compiled(model)
+    (eager_loss, eager_grads), (loss, got) = grads
+    assert loss == eager_loss
+    for a, b in zip(got, eager_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    said = [r.getMessage() for r in caplog.records if "torch.compile failed" in r.getMessage()]
+    assert len(said) == 1 and "backward kernel failed to build" in said[0], said
+    # an error that is not the compiler's is raised as it is, and the step stays compiled
+    model, warned = compile_step(tiny(), backend=backend), len(caplog.records)
+    with pytest.raises(ValueError, match="time steps"):
+        eager_on_failure(model, lambda: model(x[:, :1]))
+    assert is_compiled(model) and len(caplog.records) == warned
 
 
 def test_channel_norm_in_channels_last_matches_the_plain_layout_without_a_copy():

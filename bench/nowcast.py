@@ -16,7 +16,9 @@ One JSON object per line; never an assertion on time.
 
 ``--network-only`` times the network alone (the ``network_s`` figures) on synthetic echo
 fields, with no cube, NetCDF or baseline: for a machine that has torch but not the I/O stack
-(zarr, netCDF4, pyproj, pysteps), such as a borrowed GPU box.
+(zarr, netCDF4, pyproj, pysteps), such as a borrowed GPU box. With ``--compile`` it then
+compiles the model's step (``torch.compile``) and times it again (``eager_network_s`` beside
+``network_s``; the first compiled call, which compiles, is not timed).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+STEP_MINUTES = 5.0  # the synthetic frames' step
 sys.path.insert(0, str(ROOT))
 
 
@@ -73,12 +76,13 @@ def model_work(fc, inputs, device: str) -> tuple[float, float]:
 
     ckpt = fc.loaded
     x, _ = Normalizer(ckpt.inputs.dbz_min, ckpt.inputs.dbz_max).normalize(inputs)
-    predict(ckpt.model, x, fc)  # warm-up
+    step = STEP_MINUTES  # 5-minute frames (a step-aware model needs the step; others ignore it)
+    predict(ckpt.model, x, fc, step)  # warm-up
     counter = FlopCounterMode(display=False)
     with counter:
-        predict(ckpt.model, x, fc)
+        predict(ckpt.model, x, fc, step)
     start = time.perf_counter()
-    predict(ckpt.model, x, fc)
+    predict(ckpt.model, x, fc, step)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return time.perf_counter() - start, counter.get_total_flops() / 1e9
@@ -123,6 +127,7 @@ def network_only(args, devices: list[str], ckpt: Path) -> int:
     import torch
 
     from mimcast.models.device import bf16_native
+    from mimcast.models.mimnet import compile_step
     from mimcast.pipeline.forecasters import MIMNetForecaster
 
     peaks = print_peaks(devices, args.bf16)
@@ -134,11 +139,18 @@ def network_only(args, devices: list[str], ckpt: Path) -> int:
                 torch.cuda.reset_peak_memory_stats(device)  # this grid's peak, not the run's
             runs = [model_work(fc, inputs, device) for _ in range(args.repeats)]
             seconds, gflop = min(r[0] for r in runs), runs[0][1]
+            eager_s = None
+            if args.compile:  # the same work (counted eagerly above), through a compiled step
+                compile_step(fc.loaded.model)
+                runs = [model_work(fc, inputs, device) for _ in range(args.repeats + 1)]
+                eager_s, seconds = seconds, min(r[0] for r in runs[1:])  # the first compiles
             best = peaks[device]
             print(json.dumps({
                 "grid": [size, size], "device": device, "device_name": device_label(device),
                 "threads": torch.get_num_threads(), "bf16": args.bf16 and bf16_native(device),
                 "model": fc.describe(), "tiled": size * size > fc.max_pixels,
+                "compiled": args.compile,
+                **({"eager_network_s": round(eager_s, 4)} if eager_s is not None else {}),
                 "network_s": round(seconds, 4), "gflop": round(gflop, 1),
                 "gflops_per_s": round(gflop / seconds, 1),
                 "fraction_of_peak": round(gflop / seconds / best, 3),
@@ -166,6 +178,8 @@ def main(argv=None) -> int:
                         help="registered methods to time on the same cubes")  # fmt: skip
     parser.add_argument("--network-only", action="store_true",
                         help="time the network alone: no cube, NetCDF or baselines")  # fmt: skip
+    parser.add_argument("--compile", action="store_true",
+                        help="with --network-only: also time it through torch.compile")  # fmt: skip
     args = parser.parse_args(argv)
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     ckpt = Path(args.checkpoint) if args.checkpoint else SHIPPED_CHECKPOINT

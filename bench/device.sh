@@ -22,7 +22,9 @@
 # part. Its number of steps is set from the step rate measured in its first seconds, so that
 # the learning-rate schedule and scheduled sampling end inside the budget (data/real.toml's
 # recipe scaled: scheduled sampling stops at 2/3 of the steps). DEVICE is cuda (default) or
-# cpu (to try the script on a machine without a GPU).
+# cpu (to try the script on a machine without a GPU). In the model part, OPENSTL (a folder
+# holding the openstl package, carried along) adds OpenSTL's MIM to the timings, and COMPILE=1
+# times the compiled step.
 set -u
 OUT=${1:?OUT}
 PACK=$(realpath "${2:?PACK}")
@@ -64,8 +66,13 @@ fi
 
 if want model; then
 stamp "bench/model.py"
+AGAINST=()
+if [ -n "${OPENSTL:-}" ]; then  # a folder holding the openstl package: time it alongside
+    export PYTHONPATH="$PYTHONPATH:$(realpath "$OPENSTL")"
+    AGAINST=(--against openstl)
+fi
 python3 bench/model.py --device "$DEV" --cases ${CASES:-small large} --precisions fp32 bf16 \
-    --repeats 5 2>&1 | tee "$OUT/model.jsonl" | tail -3
+    --repeats 5 "${AGAINST[@]}" ${COMPILE:+--compile} 2>&1 | tee "$OUT/model.jsonl" | tail -3
 fi
 
 if want network; then

@@ -76,13 +76,13 @@ def model_work(fc, inputs, device: str) -> tuple[float, float]:
 
     ckpt = fc.loaded
     x, _ = Normalizer(ckpt.inputs.dbz_min, ckpt.inputs.dbz_max).normalize(inputs)
-    step = STEP_MINUTES  # 5-minute frames (a step-aware model needs the step; others ignore it)
-    predict(ckpt.model, x, fc, step)  # warm-up
+    # a step-aware model needs the frames' step; others ignore it
+    predict(ckpt.model, x, fc, STEP_MINUTES)  # warm-up
     counter = FlopCounterMode(display=False)
     with counter:
-        predict(ckpt.model, x, fc, step)
+        predict(ckpt.model, x, fc, STEP_MINUTES)
     start = time.perf_counter()
-    predict(ckpt.model, x, fc, step)
+    predict(ckpt.model, x, fc, STEP_MINUTES)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return time.perf_counter() - start, counter.get_total_flops() / 1e9

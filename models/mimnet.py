@@ -568,8 +568,8 @@ def compile_step(model: MIMNet, **options) -> MIMNet:
     and the gates' element-wise work into a few loops; the convolutions stay oneDNN/cuDNN
     calls. Where compiling fails (a platform without a working compiler toolchain, a backend
     bug), the step says why once and runs eagerly: the same results, only slower. A backward
-    pass that fails to compile raises only in ``backward()``: run the first training step
-    through :func:`eager_on_failure`.
+    pass that fails to compile raises only in ``backward()``: run training steps through
+    :func:`eager_on_failure`.
     """
     import torch._dynamo  # its exceptions, below
 

@@ -425,7 +425,7 @@ def train(
     best_path = out / "best.safetensors" if (out / "best.safetensors").exists() else None
     last_path, started = None, time.monotonic()
     n_in = model_config.input_length
-    stopped, first = False, True
+    stopped = False
 
     def forward_backward(frames, valid, steps, mask):  # gradients of one batch; the loss
         with autocast(env.device, enabled=config.bf16):
@@ -451,10 +451,10 @@ def train(
                 frames, valid, steps = _unpack(batch, env.device)
                 mask = sampling_mask(step, frames.shape[0], model_config, config, gen)
                 this = functools.partial(forward_backward, frames, valid, steps, mask)
-                # the first compiled step also compiles the backward, which fails only there
-                # (not retried under DDP: its ranks would wait on the failed one's reduction)
-                loss = eager_on_failure(model, this) if first and env.world == 1 else this()
-                first = False
+                # a compiled step compiles its backward lazily, inside backward(): at the first
+                # step, and again for a new batch shape (an epoch's last, partial batch). Not
+                # retried under DDP: its ranks would wait on the failed one's reduction
+                loss = eager_on_failure(model, this) if env.world == 1 else this()
                 grad_norm = (
                     float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
                     if config.grad_clip

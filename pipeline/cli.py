@@ -233,11 +233,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _postprocess(args: argparse.Namespace) -> str | None:
+    """``--postprocess``: None for the checkpoint's default."""
+    return None if args.postprocess == "default" else args.postprocess
+
+
 def _cmd_nowcast(args: argparse.Namespace) -> int:
     from mimcast.pipeline.nowcast import run_nowcast
 
     out = run_nowcast(
-        args.cube, args.out, method=args.method, checkpoint=args.checkpoint, time=args.time,
+        args.cube, args.out, method=args.method, checkpoint=args.checkpoint,
+        postprocess=_postprocess(args), time=args.time,
         plot=args.plot, leads=tuple(args.leads), source=args.source, device=args.device,
         steps=args.steps, geotiff=args.geotiff, min_step_minutes=args.min_step_minutes,
     )  # fmt: skip
@@ -254,11 +260,10 @@ def _cmd_nowcast(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from mimcast.pipeline.evaluation import run_evaluate
 
-    post = None if args.postprocess == "default" else args.postprocess
     out = run_evaluate(
         args.cube, args.out, methods=tuple(args.methods), checkpoint=args.checkpoint,
-        postprocess=post, start=args.start, end=args.end, every=args.every, leads=args.steps,
-        scheduler=args.scheduler, device=args.device, progress=_progress(args),
+        postprocess=_postprocess(args), start=args.start, end=args.end, every=args.every,
+        leads=args.steps, scheduler=args.scheduler, device=args.device, progress=_progress(args),
         min_step_minutes=args.min_step_minutes,
     )  # fmt: skip
     print(f"{out.n_forecasts} forecasts scored per method")
@@ -365,11 +370,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _add_model_inputs(p: argparse.ArgumentParser) -> None:
     """The arguments every command that runs forecast methods takes."""
-    from mimcast.pipeline.defaults import DEFAULT_LEADS, MIN_STEP_MINUTES
+    from mimcast.pipeline.defaults import DEFAULT_LEADS, MIN_STEP_MINUTES, POSTPROCESS
 
     p.add_argument("cube", metavar="CUBE", help="Zarr cube from 'mimcast ingest'")
     p.add_argument("--checkpoint", help="model checkpoint for 'mimnet' (default: the shipped "
                    "one, see data/MODEL_CARD.md)")  # fmt: skip
+    p.add_argument("--postprocess", choices=["default", *POSTPROCESS], default="default",
+                   help="MIMNet output post-processing: the checkpoint's default, none, pm "
+                   "(every lead takes the last observation's value distribution) or pm-wet "
+                   "(every lead keeps its own rain area; the values inside it take the "
+                   "distribution of the observed rain)")  # fmt: skip
     p.add_argument("--steps", type=_positive_int, metavar="N",
                    help="lead steps to forecast (default: the model's horizon; "
                    f"{DEFAULT_LEADS} for methods without one)")  # fmt: skip
@@ -556,9 +566,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", choices=methods, default=list(EVALUATE_METHODS),
                    metavar="METHOD", help=f"methods to score, any of {', '.join(methods)} "
                    f"(default {' '.join(EVALUATE_METHODS)})")  # fmt: skip
-    p.add_argument("--postprocess", choices=["default", "none", "pm"], default="default",
-                   help="MIMNet output post-processing: the checkpoint's default, none, or "
-                   "pm (probability matching to the last observation)")  # fmt: skip
     p.add_argument("--start", type=_iso_time, help="first reference time (ISO 8601 UTC)")
     p.add_argument("--end", type=_iso_time, help="last reference time (ISO 8601 UTC)")
     p.add_argument("--every", type=_positive_int, default=EVALUATE_EVERY,

@@ -59,6 +59,12 @@ MIN_STEP_MINUTES = 4.0
 # ---- models
 #: the frames a model can work in (``[data] frame``); also the `mimcast loao` variants
 FRAMES = ("lagrangian", "eulerian")
+#: MIMNet output post-processing (``--postprocess``, ``[data] postprocess``, a checkpoint's
+#: default): "none"; "pm", every lead takes the last observation's value distribution
+#: (probability matching, as pysteps does for S-PROG); "pm-wet", every lead keeps its own rain
+#: area (>= RAIN_THRESHOLD_DBZ) and only the values inside it take the distribution of the
+#: observation's rain. Measured in data/MODEL_CARD.md.
+POSTPROCESS = ("none", "pm", "pm-wet")
 
 # ---- motion and scores
 MOTION_FRAMES = 3  # input frames for Lucas-Kanade motion

@@ -58,6 +58,8 @@ from mimcast.pipeline.defaults import (
     FLOOR_DBZ,
     MIN_STEP_MINUTES,
     MOTION_FRAMES,
+    POSTPROCESS,
+    RAIN_THRESHOLD_DBZ,
     SHIPPED_CHECKPOINT,
 )
 from mimcast.pipeline.zr import NO_ECHO_DBZ
@@ -150,19 +152,31 @@ def stable_order(values: np.ndarray) -> np.ndarray:
     return (keys & np.uint64(0xFFFFFFFF)).astype(np.intp)
 
 
-def probability_match(forecast: np.ndarray, reference: np.ndarray) -> np.ndarray:
+def probability_match(
+    forecast: np.ndarray, reference: np.ndarray, wet_dbz: float | None = None
+) -> np.ndarray:
     """Give every lead of ``forecast`` the value distribution of ``reference`` (rank by rank).
 
     Pixels keep their rank within the lead and take the reference's value of that rank (its
     empirical quantiles, resampled to the number of forecast pixels), as pysteps' empirical
     CDF matching does for S-PROG. NaN (unknown) pixels stay NaN and are left out.
+
+    ``wet_dbz``: match only the rain. Each lead keeps its own area >= ``wet_dbz`` (where the
+    forecast grows or shrinks the rain, it stays so), and the values inside it take the
+    distribution of the reference's values >= ``wet_dbz``; weaker pixels are left as they are.
+    None: the whole field, so every lead also takes the reference's rain area.
     """
-    ref = np.sort(np.maximum(reference[np.isfinite(reference)], FLOOR_DBZ))
+    ref = reference[np.isfinite(reference)]
+    if wet_dbz is not None:
+        ref = ref[ref >= wet_dbz]
+    ref = np.sort(np.maximum(ref, FLOOR_DBZ))
     out = np.array(forecast, dtype=np.float32, copy=True)
     if ref.size == 0:
         return out
     for k in range(out.shape[0]):
         ok = np.isfinite(out[k])
+        if wet_dbz is not None:
+            ok &= out[k] >= wet_dbz
         n = int(ok.sum())
         if n < 2:
             continue
@@ -294,7 +308,7 @@ class SProg(_MotionMethod):
         with STDOUT_LOCK, warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             out = pysteps().nowcasts.get_method("sprog")(
-                field_, velocity, n_leads, precip_thr=10.0, n_cascade_levels=6,
+                field_, velocity, n_leads, precip_thr=RAIN_THRESHOLD_DBZ, n_cascade_levels=6,
                 measure_time=False, ar_order=self.ar_order,
             )  # fmt: skip
         out = np.asarray(out, dtype=np.float32)  # NaN where advected in from outside
@@ -327,7 +341,7 @@ class MIMNetForecaster(_ReadsEveryKthFrame):
     checkpoint: str | None = None  # safetensors checkpoint; None: the shipped model
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1"
     bf16: bool | None = None  # bf16 autocast; None: where it pays (models.device.inference_bf16)
-    postprocess: str | None = None  # "none", "pm"; None: the checkpoint's default
+    postprocess: str | None = None  # one of POSTPROCESS; None: the checkpoint's default
     max_pixels: int = 1024 * 1024  # grids with more pixels run in tiles
     tile: int = 512
     overlap: int = 64
@@ -341,8 +355,8 @@ class MIMNetForecaster(_ReadsEveryKthFrame):
     def __post_init__(self) -> None:
         if self.checkpoint is None:
             self.checkpoint = str(SHIPPED_CHECKPOINT) if self.preloaded is None else "in memory"
-        if self.postprocess not in (None, "none", "pm"):
-            raise ValueError(f"postprocess={self.postprocess!r}: 'none' or 'pm'")
+        if self.postprocess is not None and self.postprocess not in POSTPROCESS:
+            raise ValueError(f"postprocess={self.postprocess!r}: one of {', '.join(POSTPROCESS)}")
         self._check_steps()
 
     @classmethod
@@ -404,8 +418,10 @@ class MIMNetForecaster(_ReadsEveryKthFrame):
             while len(_RAW) > 4:  # a few entries: dask threads score several references
                 _RAW.pop(next(iter(_RAW)), None)
         dbz = _mark_no_data(raw[:n_leads].copy(), inputs[-1])  # before matching: same pixels
-        if (self.postprocess or spec.postprocess) == "pm":
-            dbz = probability_match(dbz, inputs[-1])
+        post = self.postprocess or spec.postprocess
+        if post != "none":
+            wet = RAIN_THRESHOLD_DBZ if post == "pm-wet" else None
+            dbz = probability_match(dbz, inputs[-1], wet)
         dbz = np.where(np.isfinite(dbz) & (dbz < self.echo_threshold_dbz), NO_ECHO_DBZ, dbz)
         return _mark_no_data(dbz.astype(np.float32), inputs[-1])
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from mimcast.pipeline.defaults import FRAMES
+from mimcast.pipeline.defaults import FRAMES, POSTPROCESS
 
 VARIANTS = FRAMES  # one model per frame
 ACCUMULATORS = "accumulators.json"  # an archive's stored scores, in DIR/evaluation/<archive>/
@@ -232,8 +232,8 @@ def evaluate_all(
             if not best.exists():
                 log.info(f"{name}: no {variant} model ({best}); left out")
                 continue
-            for post in ("none", "pm"):
-                label = f"mimnet-{variant}" + ("-pm" if post == "pm" else "")
+            for post in POSTPROCESS:
+                label = f"mimnet-{variant}" + ("" if post == "none" else f"-{post}")
                 forecasters[label] = MIMNetForecaster(str(best), device=device, postprocess=post)
         for base in baselines:
             forecasters[base] = get_forecaster(base)

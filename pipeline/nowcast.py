@@ -290,6 +290,7 @@ def run_nowcast(
     *,
     method: str = NOWCAST_METHOD,
     checkpoint: str | Path | None = None,
+    postprocess: str | None = None,
     time: str = "latest",
     plot: bool = False,
     leads: tuple[int, ...] = MAP_LEADS,
@@ -301,6 +302,8 @@ def run_nowcast(
 ) -> NowcastOutputs:
     """Nowcast from a Zarr cube with a registered method; write NetCDF (and quicklooks).
 
+    ``postprocess``: MIMNet's output post-processing (one of ``POSTPROCESS``); None: the
+    checkpoint's default.
     ``geotiff``: also write a Cloud-Optimised GeoTIFF per lead time (:mod:`pipeline.geotiff`).
     ``min_step_minutes``: on archives with shorter steps, MIMNet's shortest model step and
     the span per step of the frames extrapolation and S-PROG estimate their motion on (every
@@ -313,7 +316,8 @@ def run_nowcast(
     cube = open_cube(cube_path)
     log.info("loading %s", method)
     forecaster = get_forecaster(method, checkpoint=str(checkpoint) if checkpoint else None,
-                                device=device, min_step_minutes=min_step_minutes)  # fmt: skip
+                                device=device, min_step_minutes=min_step_minutes,
+                                postprocess=postprocess)  # fmt: skip
     forecaster = at_time_step(forecaster, step_minutes(cube))
     name = _source_name(cube_path, source)
     forecast = nowcast(cube, forecaster, NowcastOptions(time=time, leads=steps), source=name)

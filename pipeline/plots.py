@@ -270,7 +270,8 @@ def example_maps(grid: xr.Dataset, panels: dict[str, np.ndarray], leads: list[in
         for j, name in enumerate(names):
             ax, proj = map_axes(fig, grid, (len(leads), len(names), i * len(names) + j + 1))
             img = draw_dbz(ax, proj, grid, panels[name][lead_index])
-            ax.set_title(f"{name} +{(lead_index + 1) * int(grid.attrs.get('step', 5))} min",
+            # method and lead on two lines: long method names overran their neighbours
+            ax.set_title(f"{name}\n+{(lead_index + 1) * int(grid.attrs.get('step', 5))} min",
                          fontsize=9)  # fmt: skip
     fig.suptitle(title)
     if img is not None:

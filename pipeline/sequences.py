@@ -35,7 +35,7 @@ from mimcast.pipeline.cube import (
     validate_cube,
 )
 from mimcast.pipeline.cube import observed as cube_observed
-from mimcast.pipeline.defaults import FRAMES
+from mimcast.pipeline.defaults import FRAMES, POSTPROCESS
 
 SPLITS = ("train", "val", "test")
 
@@ -89,14 +89,15 @@ class SequenceConfig:
     min_targets: int | None = None  # packs: observed targets a window needs (None: all)
     augment: bool = False  # packs: random 90-degree rotations and flips in training
     max_items_per_cube: int = 4000  # packs: patch cap per cube, so no archive dominates
-    postprocess: str = "none"  # written into checkpoints: "none" or "pm" (probability matching)
+    postprocess: str = "none"  # written into checkpoints: one of POSTPROCESS (defaults)
     min_step_minutes: float = 0.0  # packs: windows of every k-th frame where the step is shorter
 
     def __post_init__(self) -> None:
         if self.frame not in FRAMES:
             raise ValueError(f"SequenceConfig: frame={self.frame!r}: one of {', '.join(FRAMES)}")
-        if self.postprocess not in ("none", "pm"):
-            raise ValueError(f"SequenceConfig: postprocess={self.postprocess!r}: 'none' or 'pm'")
+        if self.postprocess not in POSTPROCESS:
+            raise ValueError(f"SequenceConfig: postprocess={self.postprocess!r}: one of "
+                             f"{', '.join(POSTPROCESS)}")  # fmt: skip
         if self.input_length < 1 or self.output_length < 1:
             raise ValueError("SequenceConfig: input_length and output_length must be >= 1")
         if self.patch < 0 or (self.patch and self.stride < 1):

@@ -326,11 +326,14 @@ def test_cli_nowcast_with_a_checkpoint(cube, model, tmp_path):
         model, tmp_path / "tiny.safetensors", extra={"step": 3}, inputs=InputConfig(0.0, 70.0)
     )
     code = main(["nowcast", str(store), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"),
-                 "--plot", "--leads", "5", "15"])  # fmt: skip
+                 "--plot", "--leads", "5", "15", "--postprocess", "pm-wet"])  # fmt: skip
     assert code == 0
     names = sorted(p.name for p in (tmp_path / "o").iterdir())
     stem = "nowcast_c_202407011245"
     assert names == [f"{stem}.gif", f"{stem}.nc", f"{stem}_005min.png", f"{stem}_015min.png"]
+    # --postprocess overrides the checkpoint's default ("none"), and the file says which ran
+    with xr.open_dataset(tmp_path / "o" / f"{stem}.nc") as ds:
+        assert "post-processing pm-wet" in ds.attrs["source"]
     assert dataclasses.asdict(load_checkpoint(ckpt)[0].config) == dataclasses.asdict(TINY)
 
 

@@ -319,6 +319,49 @@ def test_probability_matching_gives_each_lead_the_reference_distribution():
                 kind="stable")).mean() > 0.99  # fmt: skip
 
 
+def test_wet_probability_matching_keeps_each_leads_rain_area_and_matches_only_the_rain():
+    from mimcast.pipeline.forecasters import probability_match
+
+    rng = np.random.default_rng(5)
+    wet = 10.0
+    reference = np.where(rng.random((40, 50)) < 0.3, rng.gamma(2.0, 12.0, (40, 50)) + wet, 0.0)
+    reference[:3] = np.nan
+    forecast = rng.normal(4, 6, (3, 40, 50)).astype(np.float32)  # less rain (16 %)
+    forecast[2, :6] = np.nan
+    out = probability_match(forecast, reference.astype(np.float32), wet)
+    ref_rain = np.sort(reference[np.isfinite(reference) & (reference >= wet)])
+    for k in range(3):
+        rain = np.isfinite(forecast[k]) & (forecast[k] >= wet)
+        # the same area as the forecast's own, not the reference's (30 %)
+        np.testing.assert_array_equal(np.isfinite(out[k]) & (out[k] >= wet), rain)
+        assert abs(rain.mean() - 0.3) > 0.05
+        # weaker pixels and unknown ones are left as they were
+        np.testing.assert_array_equal(out[k][~rain], forecast[k][~rain])
+        # inside it: the reference's rain quantiles, in the forecast's order
+        got = out[k][rain]
+        expect = np.quantile(ref_rain, (np.arange(got.size) + 0.5) / got.size, method="hazen")
+        np.testing.assert_allclose(np.sort(got), expect, rtol=1e-5)
+        assert (np.diff(got[np.argsort(forecast[k][rain], kind="stable")]) >= 0).all()
+    # the whole-field matching gives every lead the reference's rain area instead
+    full = probability_match(forecast, reference.astype(np.float32))
+    observed = np.isfinite(reference)
+    assert abs((full[0] >= wet).mean() - (reference[observed] >= wet).mean()) < 0.01
+
+
+def test_the_shipped_models_default_post_processing_is_the_one_its_card_states():
+    # the checkpoint header decides what nowcast, evaluate and serve do; the card tells users
+    import re
+
+    from mimcast.models.checkpoint import read_header
+    from mimcast.pipeline.defaults import DATA, SHIPPED_CHECKPOINT
+
+    card = (DATA / "MODEL_CARD.md").read_text()
+    shipped = card[card.index(f"## `data/{SHIPPED_CHECKPOINT.name}`") :]
+    stated = re.search(r"default post-processing `([a-z-]+)`", shipped)
+    assert stated, "the model card does not state the shipped model's default post-processing"
+    assert read_header(SHIPPED_CHECKPOINT)[2].postprocess == stated.group(1)
+
+
 def test_a_step_aware_model_is_trained_and_run_with_each_archives_model_step(tmp_path):
     # step_input: training items carry the minutes between their frames (the archive's step
     # times the pack's stride), and the forecaster feeds the model the same for its archive

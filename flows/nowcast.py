@@ -34,6 +34,7 @@ def nowcast_flow(
     cube: str | None = None,
     out_dir: str | None = None,
     checkpoint: str | None = None,
+    postprocess: str | None = None,
     time: str = "latest",
     plot: bool = True,
     source: str | None = None,
@@ -48,13 +49,14 @@ def nowcast_flow(
     Inputs without a single valid pixel (a broken feed) end the run as ``Failed``, saying so.
     With ``skip_existing`` (the default, as for scheduled runs) a reference time that already
     has its product ends ``Skipped``: no new frame since the last nowcast. Paths not given
-    come from the site settings.
+    come from the site settings. ``postprocess``: MIMNet's output post-processing ("none",
+    "pm", "pm-wet"); None: the checkpoint's default.
     """
     logger = get_run_logger()
     site = site_settings()
     cube, out_dir = cube or site.cube, out_dir or site.nowcasts
-    kwargs = {"checkpoint": checkpoint or site.checkpoint, "time": time, "plot": plot,
-              "source": source, "geotiff": geotiff,
+    kwargs = {"checkpoint": checkpoint or site.checkpoint, "postprocess": postprocess,
+              "time": time, "plot": plot, "source": source, "geotiff": geotiff,
               "min_step_minutes": min_step_minutes}  # fmt: skip
     if skip_existing:
         done = existing_product(cube, out_dir, method=method, checkpoint=kwargs["checkpoint"],

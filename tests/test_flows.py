@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 
 from mimcast.models.checkpoint import InputConfig, save_checkpoint
 from mimcast.models.mimnet import MIMNet, MIMNetConfig
@@ -76,9 +77,11 @@ def test_nowcast_flow_writes_netcdf_and_artifacts(harness, assets):
 
     root, ckpt = assets
     result = nowcast_flow(cube=str(root / "cube.zarr"), out_dir=str(root / "out"),
-                          checkpoint=str(ckpt), plot=False)  # fmt: skip
+                          checkpoint=str(ckpt), plot=False, postprocess="pm-wet")  # fmt: skip
     assert Path(result["netcdf"]).name == "nowcast_cube_202407011305.nc"
     assert Path(result["netcdf"]).exists()
+    with xr.open_dataset(result["netcdf"]) as ds:  # the operator's choice reached the model
+        assert "post-processing pm-wet" in ds.attrs["source"]
 
     async def artifacts():
         async with get_client() as client:

@@ -7,6 +7,7 @@ is plain, picklable data, so a reference time is a unit of work for any Dask wor
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ import xarray as xr
 from mimcast.pipeline.cube import VARIABLE, open_cube, step_minutes
 from mimcast.pipeline.defaults import EVALUATE_EVERY, EVALUATE_METHODS, MIN_STEP_MINUTES
 from mimcast.pipeline.forecasters import at_time_step, get_forecaster
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -85,9 +88,10 @@ def plan_evaluation(
     """Choose the reference times of a hindcast (inputs and targets all observed).
 
     ``leads``: lead steps to score; default the shortest horizon among the methods with a
-    fixed one (a model's), else the registry default.
+    fixed one (a model's), else the registry default. Without ``leads``, an archive too short
+    for that horizon is scored at the most lead steps it allows, and a warning says so.
     """
-    from mimcast.pipeline.verify import reference_times
+    from mimcast.pipeline.verify import scorable_leads
 
     if every < 1:
         raise ValueError(f"every={every}: must be >= 1")
@@ -99,12 +103,17 @@ def plan_evaluation(
         raise ValueError(f"leads={n_out}: must be >= 1")
     if n_out > horizon:
         raise ValueError(f"leads={n_out}: a method predicts only {horizon} lead steps")
-    refs = reference_times(cube, n_in, n_out, start=start, end=end, every=every)
-    if not refs:
+    most, refs = scorable_leads(cube, n_in, n_out, start=start, end=end, every=every)
+    if most < n_out and (leads is not None or not most):
+        hint = f"; {most} lead steps can be scored (--steps {most})" if most else ""
         raise ValueError(
             f"{cube_path}: no reference time in [{start or 'start'}, {end or 'end'}] has "
-            f"{n_in} observed input and {n_out} observed target frames"
+            f"{n_in} observed input and {n_out} observed target frames{hint}"
         )
+    if most < n_out:
+        log.warning("%s: too short for %d lead steps after %d inputs; scoring %d lead steps "
+                    "(%g minutes)", cube_path, n_out, n_in, most, most * step)  # fmt: skip
+        n_out = most
     stamps = tuple(str(np.datetime64(r, "m")) for r in refs)
     return EvaluationPlan(str(cube_path), forecasters, stamps, n_in, n_out, step, every)
 

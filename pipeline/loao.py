@@ -219,7 +219,7 @@ def evaluate_all(
         VerifyOptions,
         hindcast,
         markdown_report,
-        reference_times,
+        scorable_leads,
         write_scores_csv,
     )
 
@@ -240,11 +240,7 @@ def evaluate_all(
         cube = open_cube(cube_path)
         step = step_minutes(cube)
         forecasters, n_in, n_leads = methods_at_step(forecasters, step)
-        refs: list = []
-        while n_leads >= 1 and not refs:
-            refs = reference_times(cube, n_in, n_leads)
-            if not refs:
-                n_leads -= 1
+        n_leads, refs = scorable_leads(cube, n_in, n_leads)
         if not refs:
             log.info(f"{name}: too short for any forecast; left out")
             continue

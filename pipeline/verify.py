@@ -238,6 +238,19 @@ def reference_times(
     return list(refs[::every])
 
 
+def scorable_leads(
+    cube: xr.Dataset, n_inputs: int, n_leads: int, **options: Any
+) -> tuple[int, list[np.datetime64]]:
+    """The most lead steps, at most ``n_leads``, that some reference time can score, and
+    those reference times (``options``: those of :func:`reference_times`); ``(0, [])`` when
+    not even one lead can be scored."""
+    for leads in range(n_leads, 0, -1):
+        refs = reference_times(cube, n_inputs, leads, **options)
+        if refs:
+            return leads, refs
+    return 0, []
+
+
 def _iso(value: str, option: str) -> np.datetime64:
     try:
         return parse_time(value).astype("datetime64[ns]")

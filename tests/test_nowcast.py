@@ -106,6 +106,28 @@ def test_a_two_minute_archive_is_forecast_at_its_own_step_from_4_minute_model_st
     assert forecast["forecast_period"].values.tolist() == [2, 4, 6]
 
 
+def test_an_archive_too_short_for_the_horizon_is_scored_at_the_leads_it_allows(tmp_path, caplog):
+    from mimcast.pipeline.evaluation import plan_evaluation
+    from mimcast.pipeline.forecasters import get_forecaster
+
+    methods = {"persistence": get_forecaster("persistence"),
+               "extrapolation": get_forecaster("extrapolation")}  # fmt: skip
+    for frames in (12, 3):
+        synthetic_cube(SyntheticConfig(height=32, width=32, frames=frames, seed=2)).to_zarr(
+            tmp_path / f"f{frames}.zarr", consolidated=False
+        )
+    # 12 frames: 3 inputs (extrapolation's motion) leave 9 leads of the default 12
+    with caplog.at_level("WARNING", logger="mimcast.pipeline.evaluation"):
+        plan = plan_evaluation(tmp_path / "f12.zarr", methods, every=1)
+    assert (plan.n_inputs, plan.n_leads, len(plan.refs)) == (3, 9, 1)
+    assert "scoring 9 lead steps" in caplog.text
+    # asked for explicitly, 12 leads are an error that says what can be scored
+    with pytest.raises(ValueError, match=r"9 lead steps can be scored \(--steps 9\)"):
+        plan_evaluation(tmp_path / "f12.zarr", methods, every=1, leads=12)
+    with pytest.raises(ValueError, match=r"3 observed input and 12 observed target frames$"):
+        plan_evaluation(tmp_path / "f3.zarr", methods, every=1)
+
+
 def test_missing_inputs_raise_a_clear_error(cube, model):
     holey = cube.copy(deep=True)
     observed = holey.observed.values.copy()

@@ -38,7 +38,7 @@ from torch import nn
 
 from mimcast.models.mimnet import MIMNet, MIMNetConfig
 from mimcast.pipeline.atomic import atomic_path
-from mimcast.pipeline.defaults import POSTPROCESS
+from mimcast.pipeline.defaults import FRAMES, POSTPROCESS
 
 FORMAT = "mimcast-checkpoint"
 # 4: MIMNetConfig.step_input; 3: typed InputConfig; 2: per-pixel channel norm replaced GroupNorm
@@ -66,15 +66,15 @@ class InputConfig:
 
     dbz_min: float  # dBZ mapped to 0 (weaker echoes and "no echo" clip to it)
     dbz_max: float  # dBZ mapped to 1 (stronger echoes clip to it)
-    frame: str = "eulerian"  # "eulerian", or "lagrangian": inputs moved with the motion field
+    frame: str = "eulerian"  # one of FRAMES; "lagrangian": inputs moved with the motion field
     motion_frames: int = 3  # last input frames for the Lucas-Kanade motion (lagrangian)
     postprocess: str = "none"  # default output post-processing, one of POSTPROCESS (defaults)
 
     def __post_init__(self) -> None:
         if not self.dbz_max > self.dbz_min:
             raise ValueError(f"InputConfig: dbz_max {self.dbz_max} must exceed {self.dbz_min}")
-        if self.frame not in ("eulerian", "lagrangian"):
-            raise ValueError(f"InputConfig.frame={self.frame!r}: 'eulerian' or 'lagrangian'")
+        if self.frame not in FRAMES:
+            raise ValueError(f"InputConfig.frame={self.frame!r}: one of {', '.join(FRAMES)}")
         if self.postprocess not in POSTPROCESS:
             raise ValueError(f"InputConfig.postprocess={self.postprocess!r}: one of "
                              f"{', '.join(POSTPROCESS)}")  # fmt: skip

@@ -13,6 +13,7 @@ from mimcast.pipeline.evaluation import (
     plan_evaluation,
     score_reference_time,
 )
+from mimcast.pipeline.significance import verdict_lines
 
 score_task = task(score_reference_time, name="score-reference-time", retries=1)
 
@@ -46,7 +47,9 @@ def evaluate_flow(
         f"| {r['method']} | {r['lead_time']} | {r['metric']} {r['threshold']} | {r['value']:.3f} |"
         for r in sorted(table, key=lambda r: (r["metric"], r["lead_time"], r["method"]))
     ]
+    md += ["", *(f"- {line}" for line in verdict_lines(outputs.differences))]
     create_markdown_artifact("\n".join(md), key="hindcast-scores",
                              description=f"{outputs.n_forecasts} forecasts per method")  # fmt: skip
     return {"scores": str(outputs.scores_csv), "report": str(outputs.report),
-            "forecasts": outputs.n_forecasts}  # fmt: skip
+            "forecasts": outputs.n_forecasts,
+            "differences": str(outputs.scores_csv.with_name("differences.csv"))}  # fmt: skip

@@ -67,9 +67,12 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
-def atomic_write_json(path: str | Path, payload: Any) -> Path:
-    """Write ``payload`` as indented JSON to ``path`` atomically and return the path."""
-    return atomic_write_text(path, json.dumps(payload, indent=1, default=str))
+def atomic_write_json(path: str | Path, payload: Any, *, indent: int | None = 1) -> Path:
+    """Write ``payload`` as JSON (indented; ``indent=None``: compact) to ``path`` atomically
+    and return the path."""
+    separators = (",", ":") if indent is None else None
+    return atomic_write_text(path, json.dumps(payload, indent=indent, separators=separators,
+                                              default=str))  # fmt: skip
 
 
 def remove_stale_temporaries(directory: str | Path, name: str = "*") -> list[Path]:

@@ -266,7 +266,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         leads=args.steps, scheduler=args.scheduler, device=args.device, progress=_progress(args),
         min_step_minutes=args.min_step_minutes,
     )  # fmt: skip
+    from mimcast.pipeline.significance import verdict_lines
+
     print(f"{out.n_forecasts} forecasts scored per method")
+    for line in verdict_lines(out.differences):  # 95 % intervals from resampled refs
+        print(line)
     print(f"scores: {out.scores_csv.resolve()}")
     print(f"report: {out.report.resolve()}")
     for fig in out.figures:

@@ -7,6 +7,7 @@ is plain, picklable data, so a reference time is a unit of work for any Dask wor
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ class EvaluateOutputs:
     figures: list[Path]
     n_forecasts: int
     rows: list[dict[str, Any]]
+    differences: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # significance
 
 
 @dataclass(frozen=True)
@@ -133,19 +135,35 @@ def _describe(label: str, fc) -> str:
 
 
 def finish_evaluation(plan: EvaluationPlan, parts: list, out_dir: str | Path) -> EvaluateOutputs:
-    """Merge per-reference scores and write scores.csv, report.md and the figures."""
-    from mimcast.pipeline.plots import example_maps, skill_curves
-    from mimcast.pipeline.verify import Scores, VerifyOptions, markdown_report, write_scores_csv
+    """Merge per-reference scores and write scores.csv, report.md and the figures.
 
-    total = Scores(VerifyOptions())
-    for part in parts:
-        total.merge(part)
+    With one part per reference time (in the plan's order), also the model-minus-baseline
+    differences with intervals from resampled reference times (differences.csv, a report
+    section and a figure; :mod:`mimcast.pipeline.significance`).
+    """
+    from mimcast.pipeline.plots import difference_curves, example_maps, skill_curves
+    from mimcast.pipeline.significance import (
+        Group,
+        block_length,
+        differences,
+        markdown_section,
+        write_differences_csv,
+    )
+    from mimcast.pipeline.verify import VerifyOptions, markdown_report, merged, write_scores_csv
+
+    total = merged(parts, VerifyOptions())
     rows = total.table()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "scores.csv"
     write_scores_csv(rows, csv_path)
     figures = skill_curves(rows, out)
+    block = block_length(plan.refs, plan.n_leads * plan.step)
+    diffs = []
+    if len(parts) == len(plan.refs):
+        diffs = differences([Group(tuple(parts), block)])
+        write_differences_csv(diffs, out / "differences.csv")
+        figures += difference_curves(diffs, out)
     cube = open_cube(plan.cube)
     refs = [np.datetime64(r, "ns") for r in plan.refs]
     figures.append(_examples(cube, plan, refs, out / "examples.png", example_maps))
@@ -157,10 +175,14 @@ def finish_evaluation(plan: EvaluationPlan, parts: list, out_dir: str | Path) ->
         "scores on pixels valid in the observation, the last input and every method's "
         "forecast (echo advected in from outside the grid is unknown); dBZ floored at 0",
     ]
+    if diffs:
+        notes.append(f"intervals: reference times resampled in blocks of {block} (forecasts "
+                     "of consecutive reference times verify on overlapping frames)")  # fmt: skip
     report = out / "report.md"
     report.write_text(markdown_report(rows, title="mimcast hindcast: skill per lead time",
-                                      notes=notes, images=[p.name for p in figures]))  # fmt: skip
-    return EvaluateOutputs(csv_path, report, figures, len(refs), rows)
+                                      notes=notes, images=[p.name for p in figures],
+                                      sections=markdown_section(diffs)))  # fmt: skip
+    return EvaluateOutputs(csv_path, report, figures, len(refs), rows, diffs)
 
 
 def _examples(cube: xr.Dataset, plan: EvaluationPlan, refs, path: Path, draw) -> Path:
@@ -200,13 +222,13 @@ def run_evaluate(
     ``forecasters`` (label -> forecaster) replaces ``methods`` when given, so one hindcast can
     compare several checkpoints or settings of one method.
     """
-    from mimcast.pipeline.verify import VerifyOptions, hindcast
+    from mimcast.pipeline.verify import VerifyOptions, score_references
 
     fcs = forecasters or build_forecasters(methods, checkpoint=checkpoint, device=device,
                                            postprocess=postprocess,
                                            min_step_minutes=min_step_minutes)  # fmt: skip
     plan = plan_evaluation(cube_path, fcs, start=start, end=end, every=every, leads=leads)
-    scores = hindcast(open_cube(plan.cube), [np.datetime64(r, "ns") for r in plan.refs],
-                      plan.n_inputs, plan.n_leads, plan.step, plan.forecasters,
-                      VerifyOptions(), scheduler=scheduler, progress=progress)  # fmt: skip
-    return finish_evaluation(plan, [scores], out_dir)
+    parts = score_references(open_cube(plan.cube), [np.datetime64(r, "ns") for r in plan.refs],
+                             plan.n_inputs, plan.n_leads, plan.step, plan.forecasters,
+                             VerifyOptions(), scheduler=scheduler, progress=progress)  # fmt: skip
+    return finish_evaluation(plan, parts, out_dir)

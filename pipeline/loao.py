@@ -213,13 +213,19 @@ def evaluate_all(
     from mimcast.pipeline.cube import open_cube, step_minutes
     from mimcast.pipeline.evaluation import EvaluationPlan, finish_evaluation, methods_at_step
     from mimcast.pipeline.forecasters import MIMNetForecaster, get_forecaster
-    from mimcast.pipeline.plots import skill_curves
+    from mimcast.pipeline.plots import difference_curves, skill_curves
+    from mimcast.pipeline.significance import (
+        differences,
+        markdown_section,
+        write_differences_csv,
+    )
     from mimcast.pipeline.verify import (
         Scores,
         VerifyOptions,
-        hindcast,
         markdown_report,
+        merged,
         scorable_leads,
+        score_references,
         write_scores_csv,
     )
 
@@ -250,20 +256,27 @@ def evaluate_all(
             log.info(f"evaluating {name}: {len(refs)} reference times, {n_leads} leads of "
                   f"{step} min, {len(forecasters)} methods")  # fmt: skip
         started = time.monotonic()
-        scores = hindcast(cube, refs, n_in, n_leads, step, forecasters, VerifyOptions())
+        parts = score_references(cube, refs, n_in, n_leads, step, forecasters, VerifyOptions())
+        scores = merged(parts)
         if progress:
             log.info(f"{name} scored in {time.monotonic() - started:.0f} s")
         plan = EvaluationPlan(str(cube_path), forecasters,
                               tuple(str(np.datetime64(r, "m")) for r in refs), n_in, n_leads,
                               step, 1)  # fmt: skip
-        finish_evaluation(plan, [scores], out / "evaluation" / name)
+        finish_evaluation(plan, parts, out / "evaluation" / name)
+        # the pooled accumulators, and each reference time's: those let the pools resample
+        # reference times for confidence intervals (mimcast.pipeline.significance)
         atomic_write_json(out / "evaluation" / name / ACCUMULATORS, {
             "archive": name, "step_minutes": step, "cube": str(cube_path),
             "scored_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "inference": _precision(device), "scores": scores.state()})  # fmt: skip
+            "inference": _precision(device), "scores": scores.state(),
+            "by_reference": [[ref, part.state()] for ref, part in zip(plan.refs, parts,
+                                                                     strict=True)]},
+            indent=None)  # fmt: skip
         scored.append(name)
     # pool every archive scored into DIR, in this run or an earlier one
     pooled, pooled_minutes = Scores(VerifyOptions()), Scores(VerifyOptions())
+    groups: dict[str, list[Any]] = {"pooled": [], "pooled_minutes": []}
     per_archive: list[dict[str, Any]] = []
     names: list[str] = []
     archives = _stored_archives(out)
@@ -271,6 +284,8 @@ def evaluate_all(
         by_step = _lead_steps(minutes, stored["step_minutes"])
         pooled.merge(by_step)
         pooled_minutes.merge(minutes)
+        for where, group in _groups(stored, minutes).items():
+            groups[where].append(group)
         names.append(stored["archive"])
         if stored["archive"] not in scored:
             log.info(f"pooling {stored['archive']} as scored on {stored['scored_at']}"
@@ -300,11 +315,18 @@ def evaluate_all(
         rows = pool.table()
         write_scores_csv(rows, target / "scores.csv")
         figures = skill_curves(rows, target, lead_label)
+        diffs = differences(groups[where])
+        write_differences_csv(diffs, target / "differences.csv")
+        figures += difference_curves(diffs, target, lead_label)
         notes = ["leave-one-archive-out: each archive scored with models trained on the others",
-                 f"archives: {', '.join(names)}", lead_note]  # fmt: skip
+                 f"archives: {', '.join(names)}", lead_note,
+                 "intervals: archives resampled, then each archive's reference times (in "
+                 "blocks where forecasts overlap); an archive stored without per-reference "
+                 "scores is resampled as a whole"]  # fmt: skip
         (target / "report.md").write_text(markdown_report(
-            rows, title=f"mimcast leave-one-archive-out: {title}",
-            notes=notes, images=[p.name for p in figures]))  # fmt: skip
+            rows, title=f"mimcast leave-one-archive-out: {title}", notes=notes,
+            images=[p.name for p in figures],
+            sections=markdown_section(diffs, lead_label=lead_label)))  # fmt: skip
     with (out / "per_archive.csv").open("w", newline="") as fh:
         fields = ["archive", "step_minutes", "method", "lead_time", "metric", "threshold",
                   "value", "n"]  # fmt: skip
@@ -330,6 +352,22 @@ def _stored_archives(out: Path) -> list[tuple[Path, dict, Any]]:
         stored = json.loads(path.read_text())
         found.append((path, stored, Scores.from_state(stored["scores"], VerifyOptions())))
     return found
+
+
+def _groups(stored: dict, minutes) -> dict[str, Any]:
+    """An archive's reference times for resampling, by lead step and by minutes: each
+    reference time's scores where stored, else the archive's pooled scores as one part."""
+    from mimcast.pipeline.significance import Group, block_length
+    from mimcast.pipeline.verify import Scores, VerifyOptions
+
+    refs = [ref for ref, _ in stored.get("by_reference", [])]
+    parts = [Scores.from_state(state, VerifyOptions()) for _, state in
+             stored.get("by_reference", [])] or [minutes]  # fmt: skip
+    horizon = max((lead for leads in minutes.data.values() for lead in leads), default=0)
+    block = block_length(refs, horizon) if refs else 1
+    step = stored["step_minutes"]
+    return {"pooled": Group(tuple(_lead_steps(p, step) for p in parts), block),
+            "pooled_minutes": Group(tuple(parts), block)}  # fmt: skip
 
 
 def _not_on_every_archive(archives) -> list[str]:
@@ -376,6 +414,54 @@ def _pooled_tables(pooled, methods, shown, head, *, fss: bool = False, counts=No
                                                   for v in cells) + " |")  # fmt: skip
         lines.append("")
     return lines
+
+
+def _significance_tables(out: Path, at_minutes: int = 60) -> list[str]:
+    """Markdown: leads where each model is significantly better or worse than each baseline,
+    pooled by lead step and by minutes, and the differences at ``at_minutes``."""
+    from mimcast.pipeline.significance import METRICS, VERDICTS, _label
+
+    found = {}
+    for where in ("pooled", "pooled_minutes"):
+        if (path := out / where / "differences.csv").exists():
+            with path.open() as fh:
+                found[where] = list(csv.DictReader(fh))
+    if not found:
+        return []
+    head = " | ".join(_label(*m) for m in METRICS)
+    lines = ["", "### Is the difference real? (95 % intervals: archives resampled, then their "
+             "reference times)", "", "Leads where the model is better / worse / undecided / "
+             "too few to tell (under 4 archives), pooled by lead step and by minutes "
+             "(`pooled*/differences.csv`). At a lead one archive reaches alone, its "
+             "reference times are resampled (column `archives` there: 1).", "",
+             f"| pool | model | baseline | {head} |",
+             "|---" * (len(METRICS) + 3) + "|"]  # fmt: skip
+    for where, rows in found.items():
+        for model, base in dict.fromkeys((r["method"], r["baseline"]) for r in rows):
+            cells = []
+            for metric, threshold in METRICS:
+                got = [r["verdict"] for r in rows if (r["method"], r["baseline"], r["metric"],
+                       r["threshold"]) == (model, base, metric, threshold)]  # fmt: skip
+                cells.append(" / ".join(str(got.count(v)) for v in VERDICTS))
+            lines.append(f"| {where} | {model} | {base} | " + " | ".join(cells) + " |")
+    rows = [r for r in found.get("pooled_minutes", []) if int(r["lead_time"]) == at_minutes]
+    if rows:
+        lines += ["", f"At {at_minutes} min (difference, model minus baseline, and interval):",
+                  "", f"| model | baseline | archives | {head} |",
+                  "|---" * (len(METRICS) + 3) + "|"]  # fmt: skip
+        for model, base in dict.fromkeys((r["method"], r["baseline"]) for r in rows):
+            mine = {(r["metric"], r["threshold"]): r for r in rows
+                    if (r["method"], r["baseline"]) == (model, base)}  # fmt: skip
+            cells = []
+            for metric, threshold in METRICS:
+                r = mine[(metric, threshold)]
+                digits = 2 if metric == "MSE" else 3
+                ci = (f" [{float(r['ci_low']):+.{digits}f}, {float(r['ci_high']):+.{digits}f}]"
+                      if r["verdict"] != "too few" else "")  # fmt: skip
+                cells.append(f"{float(r['difference']):+.{digits}f}{ci} {r['verdict']}")
+            archives = next(iter(mine.values()))["archives"]
+            lines.append(f"| {model} | {base} | {archives} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def summary(out: Path) -> str:
@@ -433,6 +519,7 @@ def summary(out: Path) -> str:
                 f"{wins(a, m, 'sprog', 'MSE', '', lambda x, y: x < y)} | "
                 f"{wins(a, m, 'sprog', 'CSI', '20 dBZ', lambda x, y: x >= y)} |"
             )
+    lines += _significance_tables(out)
     text = "\n".join(lines) + "\n"
     (out / "summary.md").write_text(text)
     return text

@@ -280,3 +280,54 @@ def example_maps(grid: xr.Dataset, panels: dict[str, np.ndarray], leads: list[in
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
+
+
+def difference_curves(rows: list[dict], out_dir: str | Path, lead_label: str = "lead time (min)",
+                      level: float = 0.95) -> list[Path]:  # fmt: skip
+    """Draw model-minus-baseline differences with their intervals (one figure per model,
+    one panel per score, one line and band per baseline); return the PNGs.
+
+    ``rows``: :func:`mimcast.pipeline.significance.differences`. Above zero is better for
+    every panel: MSE is drawn as baseline minus model.
+    """
+    from mimcast.pipeline.significance import LOWER_IS_BETTER
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    models = list(dict.fromkeys(r["method"] for r in rows))
+    scores = list(dict.fromkeys((r["metric"], r["threshold"]) for r in rows))
+    paths = []
+    for model in models:
+        mine = [r for r in rows if r["method"] == model]
+        bases = list(dict.fromkeys(r["baseline"] for r in mine))
+        styles = method_styles(bases)
+        fig, axes = plt.subplots(1, len(scores), figsize=(3.4 * len(scores), 3.4),
+                                 squeeze=False)  # fmt: skip
+        for ax, (metric, threshold) in zip(axes[0], scores, strict=True):
+            sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+            for base in bases:
+                pts = sorted((r["lead_time"], sign * r["difference"], sign * r["ci_low"],
+                              sign * r["ci_high"]) for r in mine
+                             if r["baseline"] == base and r["metric"] == metric
+                             and r["threshold"] == threshold)  # fmt: skip
+                if not pts:
+                    continue
+                lead, diff, low, high = (np.array(v, dtype=float) for v in zip(*pts, strict=True))
+                _, color, style = styles[base]
+                ax.plot(lead, diff, style, color=color, ms=3, label=f"vs {base}")
+                ax.fill_between(lead, np.minimum(low, high), np.maximum(low, high), color=color,
+                                alpha=0.15, linewidth=0)  # fmt: skip
+            ax.axhline(0.0, color="0.3", lw=0.8)
+            what = f"{metric} ≥ {threshold}" if threshold else f"{metric} (baseline − model)"
+            ax.set(title=what, xlabel=lead_label)
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel(f"{model} better ↑")
+        axes[0][0].legend(fontsize=8)
+        fig.suptitle(f"{model} against the baselines: difference and {level * 100:g} % interval "
+                     "(resampled reference times)", fontsize=10)  # fmt: skip
+        fig.tight_layout()
+        name = "differences.png" if len(models) == 1 else f"differences_{model}.png"
+        fig.savefig(out / name, dpi=90)
+        plt.close(fig)
+        paths.append(out / name)
+    return paths

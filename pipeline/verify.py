@@ -287,7 +287,7 @@ def score_reference(
     return scores
 
 
-def hindcast(
+def score_references(
     cube: xr.Dataset,
     refs: Sequence[np.datetime64],
     n_inputs: int,
@@ -298,8 +298,9 @@ def hindcast(
     *,
     scheduler: str | None = None,
     progress: bool = False,
-) -> Scores:
-    """Score all reference times in parallel with dask and merge the accumulators.
+) -> list[Scores]:
+    """Score all reference times in parallel with dask; one :class:`Scores` per reference
+    time, in the order of ``refs`` (:mod:`mimcast.pipeline.significance` resamples them).
 
     ``scheduler``: "threads", "synchronous", "processes", or the address of a running
     distributed scheduler (``tcp://host:8786``); None: ``MIMCAST_DASK_ADDRESS``, else threads.
@@ -318,11 +319,32 @@ def hindcast(
                              step=step, forecasters=forecasters, options=options)  # fmt: skip
     tasks = [dask.delayed(task)(ref) for ref in refs]
     with dask_scheduler(scheduler) as where, TaskBar("hindcast", progress, "forecast"):
-        results = dask.compute(*tasks, scheduler=where)
-    total = Scores(options)
-    for part in results:
+        return list(dask.compute(*tasks, scheduler=where))
+
+
+def merged(parts: Sequence[Scores], options: VerifyOptions | None = None) -> Scores:
+    """The sum of ``parts``' accumulators (the parts are left as they are)."""
+    total = Scores(options or (parts[0].options if parts else VerifyOptions()))
+    for part in parts:
         total.merge(part)
     return total
+
+
+def hindcast(
+    cube: xr.Dataset,
+    refs: Sequence[np.datetime64],
+    n_inputs: int,
+    n_leads: int,
+    step: int,
+    forecasters: Mapping[str, Callable[[np.ndarray, int], np.ndarray]],
+    options: VerifyOptions | None = None,
+    *,
+    scheduler: str | None = None,
+    progress: bool = False,
+) -> Scores:
+    """Score all reference times (:func:`score_references`) and merge the accumulators."""
+    return merged(score_references(cube, refs, n_inputs, n_leads, step, forecasters, options,
+                                   scheduler=scheduler, progress=progress), options)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -344,8 +366,9 @@ def write_scores_csv(rows: list[dict[str, Any]], path) -> None:
 
 
 def markdown_report(rows: list[dict[str, Any]], *, title: str, notes: Sequence[str] = (),
-                    images: Sequence[str] = ()) -> str:  # fmt: skip
-    """Return a Markdown report: per-lead tables of the headline scores for every method."""
+                    images: Sequence[str] = (), sections: Sequence[str] = ()) -> str:  # fmt: skip
+    """Return a Markdown report: per-lead tables of the headline scores for every method,
+    then ``sections`` (Markdown lines) and the figures."""
     methods = sorted({r["method"] for r in rows}, key=lambda m: (not m.startswith("mimnet"), m))
     leads = sorted({r["lead_time"] for r in rows})
     n = max((r["n"] for r in rows), default=0)
@@ -371,6 +394,7 @@ def markdown_report(rows: list[dict[str, Any]], *, title: str, notes: Sequence[s
                 v = index.get((m, lead, metric, threshold))
                 cells.append("" if v is None or not np.isfinite(v) else f"{v:.3f}")
             lines.append(f"| {lead} | " + " | ".join(cells) + " |")
+    lines += list(sections)
     if images:
         lines += ["", "## Figures", ""] + [f"![{name}]({name})" for name in images]
     lines += ["", "All scores: `scores.csv` (method, lead_time, metric, threshold, value, n)."]

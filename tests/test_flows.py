@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -186,6 +187,13 @@ def test_evaluate_flow_scores_every_reference_time(harness, assets):
     assert result["forecasts"] == 4  # references 3..10 of 14 frames, every 2nd
     text = Path(result["scores"]).read_text()
     assert "mimnet" in text and "extrapolation" in text and "persistence" in text
+    # the model against each baseline per lead, from the per-reference-time scores the tasks
+    # returned: four reference times 10 minutes apart overlap, so no interval is claimed
+    with open(result["differences"]) as fh:
+        diffs = list(csv.DictReader(fh))
+    assert {(r["method"], r["baseline"]) for r in diffs} == {
+        ("mimnet", "persistence"), ("mimnet", "extrapolation")}  # fmt: skip
+    assert diffs and {r["verdict"] for r in diffs} == {"too few"}
 
 
 def _free_port() -> int:

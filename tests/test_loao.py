@@ -127,6 +127,57 @@ def test_a_method_missing_from_an_archive_is_left_out_of_the_pool(tmp_path, capl
     assert "pooling b as scored on 2026-11-28T00:00:00Z in fp32" in caplog.text
 
 
+def test_pooled_differences_resample_archives_and_their_reference_times(tmp_path):
+    import numpy as np
+
+    from mimcast.pipeline import loao
+    from mimcast.pipeline.verify import Scores, VerifyOptions
+
+    rng = np.random.default_rng(1)
+
+    def reference(step):
+        scores = Scores(VerifyOptions())
+        for lead in (step, 2 * step):
+            observed = np.where(rng.random((16, 16)) > 0.4, rng.uniform(15, 50, (16, 16)), 0.0)
+            for method, sigma in (("mimnet-lagrangian", 2.0), ("extrapolation", 8.0)):
+                noise = rng.normal(0, sigma, observed.shape)
+                scores.add(method, lead, observed + noise, observed)
+        return scores
+
+    # four archives stored with each reference time's scores, one (older) without
+    for i, step in enumerate((5, 5, 10, 6, 5)):
+        parts = [reference(step) for _ in range(2)]
+        pooled = Scores(VerifyOptions())
+        for part in parts:
+            pooled.merge(part)
+        record = {"archive": f"a{i}", "step_minutes": step, "cube": f"a{i}.zarr",
+                  "scored_at": "2026-11-29T00:00:00Z", "inference": "fp32",
+                  "scores": pooled.state()}  # fmt: skip
+        if i < 4:
+            record["by_reference"] = [[f"2026-11-29T0{k}:00", p.state()]
+                                      for k, p in enumerate(parts)]  # fmt: skip
+        where = tmp_path / "evaluation" / f"a{i}"
+        where.mkdir(parents=True)
+        (where / loao.ACCUMULATORS).write_text(json.dumps(record))
+    loao.evaluate_all([], tmp_path, progress=False)
+    with (tmp_path / "pooled" / "differences.csv").open() as fh:
+        rows = {(int(r["lead_time"]), r["metric"], r["threshold"]): r
+                for r in csv.DictReader(fh) if r["baseline"] == "extrapolation"}  # fmt: skip
+    for lead in (1, 2):  # lead steps: every archive
+        assert rows[(lead, "MSE", "")]["units"] == "5"
+        assert rows[(lead, "MSE", "")]["verdict"] == "better"
+        assert float(rows[(lead, "MSE", "")]["ci_high"]) < 0
+    with (tmp_path / "pooled_minutes" / "differences.csv").open() as fh:
+        minutes = {(int(r["lead_time"]), r["metric"]): r for r in csv.DictReader(fh)}
+    assert minutes[(5, "MSE")]["units"] == "3"  # three 5-minute archives: too few
+    assert minutes[(5, "MSE")]["verdict"] == "too few"
+    assert minutes[(12, "MSE")]["units"] == "2"  # one 6-minute archive, its 2 refs
+    assert minutes[(12, "MSE")]["archives"] == "1" and minutes[(10, "MSE")]["archives"] == "4"
+    report = (tmp_path / "pooled" / "report.md").read_text()
+    assert "mimnet-lagrangian minus extrapolation" in report
+    assert (tmp_path / "pooled" / "differences.png").stat().st_size > 5000
+
+
 @pytest.mark.slow
 def test_loao_trains_each_fold_in_parallel_and_pools_the_scores(tmp_path):
     cubes = [str(_cube(tmp_path / f"{n}.zarr", 30, s)) for n, s in (("a", 3), ("b", 4))]
@@ -155,6 +206,8 @@ def test_loao_trains_each_fold_in_parallel_and_pools_the_scores(tmp_path):
 
     stored = json.loads((out / "evaluation" / "a" / "accumulators.json").read_text())
     assert stored["inference"] == ("bf16" if inference_bf16(None, "cpu") else "fp32")
+    assert len(stored["by_reference"]) == 1  # --max-refs 1: each reference time's scores
+    assert (out / "pooled" / "differences.csv").exists()
 
     # the folds evaluated one run at a time into another DIR pool as they did together
     again = tmp_path / "one_at_a_time"

@@ -219,8 +219,39 @@ def test_evaluate_writes_scores_report_and_plots(advection_cube, tmp_path):
     report = (out / "report.md").read_text()
     for word in ("mimnet", "persistence", "extrapolation", "| 30 |", "skill_csi.png"):
         assert word in report
-    for name in ("skill_csi.png", "skill_mse.png", "examples.png"):
+    for name in ("skill_csi.png", "skill_mse.png", "examples.png", "differences.png"):
         assert (out / name).stat().st_size > 5000
+    # model minus each baseline per lead and score, with intervals where there are enough
+    # reference times (here too few: 5 minutes apart, their forecasts overlap)
+    with (out / "differences.csv").open() as fh:
+        diffs = list(csv.DictReader(fh))
+    pairs = {(r["method"], r["baseline"]) for r in diffs}
+    assert pairs == {("mimnet", "persistence"), ("mimnet", "extrapolation")}
+    assert {int(r["lead_time"]) for r in diffs} == {5, 10, 15, 20, 25, 30}
+    assert "## Is the difference real?" in report and "### mimnet minus extrapolation" in report
+
+
+def test_on_pure_advection_extrapolation_is_significantly_better_than_persistence():
+    from mimcast.pipeline.significance import Group, block_length, differences
+    from mimcast.pipeline.verify import score_references
+
+    config = SyntheticConfig(height=96, width=96, frames=72, seed=5, cell_rate=0.0,
+                             stratiform_fraction=0.6, stratiform_evolution_frames=1e9,
+                             wind_variation=0.0, speckle_fraction=0.0, wind_u=12.0, wind_v=-6.0,
+                             texture=0.4, radars=1, coverage_radius=1.0)  # fmt: skip
+    cube = synthetic_cube(config)
+    refs = reference_times(cube, 4, 6, every=6)  # 30 minutes apart: forecasts do not overlap
+    assert block_length(refs, 30) == 1 and len(refs) >= 8
+    methods = {name: get_forecaster(name) for name in ("persistence", "extrapolation")}
+    parts = score_references(cube, refs, 4, 6, 5, methods, VerifyOptions())
+    rows = differences([Group(tuple(parts))])
+    verdicts = {(r["lead_time"], r["metric"], r["threshold"]): r for r in rows
+                if r["method"] == "extrapolation" and r["baseline"] == "persistence"}  # fmt: skip
+    for lead in (15, 20, 25, 30):
+        mse = verdicts[(lead, "MSE", "")]
+        assert mse["verdict"] == "better" and mse["ci_high"] < 0, mse
+        csi = verdicts[(lead, "CSI", "20 dBZ")]
+        assert csi["verdict"] == "better" and csi["ci_low"] > 0, csi
 
 
 @pytest.mark.slow

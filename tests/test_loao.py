@@ -242,3 +242,33 @@ def test_loao_trains_each_fold_in_parallel_and_pools_the_scores(tmp_path):
     assert "Pooled at the same lead time" in (again / "summary.md").read_text()
     with (again / "per_archive.csv").open() as fh:
         assert {r["archive"] for r in csv.DictReader(fh)} == {"a", "b"}
+
+
+def test_the_model_cards_intervals_at_60_minutes_are_what_the_stored_scores_give(tmp_path):
+    # the card quotes intervals pooled from data/loao/*.json; re-pool them and compare
+    from mimcast.pipeline import loao
+    from mimcast.pipeline.defaults import DATA
+
+    for stored in sorted((DATA / "loao").glob("*.json")):
+        where = tmp_path / "evaluation" / stored.stem
+        where.mkdir(parents=True)
+        shutil.copy(stored, where / loao.ACCUMULATORS)
+    loao.evaluate_all([], tmp_path, progress=False)
+    with (tmp_path / "pooled_minutes" / "differences.csv").open() as fh:
+        rows = [r for r in csv.DictReader(fh) if r["lead_time"] == "60"
+                and r["method"] == "mimnet-lagrangian-pm-wet"]  # fmt: skip
+    assert {r["archives"] for r in rows} == {"4"}
+    card = (DATA / "MODEL_CARD.md").read_text()
+    names = {"extrapolation": "extrapolation", "sprog": "S-PROG", "persistence": "persistence"}
+    for baseline, name in names.items():
+        cells = []
+        for metric, threshold in (("CSI", "20 dBZ"), ("CSI", "30 dBZ"), ("MSE", ""),
+                                  ("FSS", "30 dBZ @ 11 px")):  # fmt: skip
+            (r,) = [r for r in rows if (r["baseline"], r["metric"], r["threshold"]) ==
+                    (baseline, metric, threshold)]  # fmt: skip
+            digits = 2 if metric == "MSE" else 3
+            values = [float(r[k]) for k in ("difference", "ci_low", "ci_high")]
+            text = [f"{v:+.{digits}f}".replace("-", "−") for v in values]
+            cells.append(f"{text[0]} [{text[1]}, {text[2]}] {r['verdict']}")
+        line = f"| {name} | " + " | ".join(cells) + " |"
+        assert line in card, f"the card's 60-minute row against {name} is not\n{line}"

@@ -330,21 +330,10 @@ def merged(parts: Sequence[Scores], options: VerifyOptions | None = None) -> Sco
     return total
 
 
-def hindcast(
-    cube: xr.Dataset,
-    refs: Sequence[np.datetime64],
-    n_inputs: int,
-    n_leads: int,
-    step: int,
-    forecasters: Mapping[str, Callable[[np.ndarray, int], np.ndarray]],
-    options: VerifyOptions | None = None,
-    *,
-    scheduler: str | None = None,
-    progress: bool = False,
-) -> Scores:
-    """Score all reference times (:func:`score_references`) and merge the accumulators."""
-    return merged(score_references(cube, refs, n_inputs, n_leads, step, forecasters, options,
-                                   scheduler=scheduler, progress=progress), options)  # fmt: skip
+def hindcast(*args: Any, **kwargs: Any) -> Scores:
+    """Score all reference times and merge the accumulators: :func:`score_references`, whose
+    arguments it takes, pooled into one :class:`Scores`."""
+    return merged(score_references(*args, **kwargs))
 
 
 # --------------------------------------------------------------------------------------------

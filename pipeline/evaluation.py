@@ -158,9 +158,9 @@ def finish_evaluation(plan: EvaluationPlan, parts: list, out_dir: str | Path) ->
     csv_path = out / "scores.csv"
     write_scores_csv(rows, csv_path)
     figures = skill_curves(rows, out)
-    block = block_length(plan.refs, plan.n_leads * plan.step)
     diffs = []
-    if len(parts) == len(plan.refs):
+    if len(parts) == len(plan.refs):  # one part per reference time: they can be resampled
+        block = block_length(plan.refs, plan.n_leads * plan.step)
         diffs = differences([Group(tuple(parts), block)])
         write_differences_csv(diffs, out / "differences.csv")
         figures += difference_curves(diffs, out)

@@ -360,9 +360,9 @@ def _groups(stored: dict, minutes) -> dict[str, Any]:
     from mimcast.pipeline.significance import Group, block_length
     from mimcast.pipeline.verify import Scores, VerifyOptions
 
-    refs = [ref for ref, _ in stored.get("by_reference", [])]
-    parts = [Scores.from_state(state, VerifyOptions()) for _, state in
-             stored.get("by_reference", [])] or [minutes]  # fmt: skip
+    by_reference = stored.get("by_reference", [])
+    refs = [ref for ref, _ in by_reference]
+    parts = [Scores.from_state(state, VerifyOptions()) for _, state in by_reference] or [minutes]
     horizon = max((lead for leads in minutes.data.values() for lead in leads), default=0)
     block = block_length(refs, horizon) if refs else 1
     step = stored["step_minutes"]
@@ -419,32 +419,34 @@ def _pooled_tables(pooled, methods, shown, head, *, fss: bool = False, counts=No
 def _significance_tables(out: Path, at_minutes: int = 60) -> list[str]:
     """Markdown: leads where each model is significantly better or worse than each baseline,
     pooled by lead step and by minutes, and the differences at ``at_minutes``."""
-    from mimcast.pipeline.significance import METRICS, VERDICTS, _label
+    from mimcast.pipeline.significance import (
+        METRICS,
+        MIN_UNITS,
+        VERDICTS,
+        cell,
+        label,
+        read_differences_csv,
+        verdict_counts,
+    )
 
-    found = {}
-    for where in ("pooled", "pooled_minutes"):
-        if (path := out / where / "differences.csv").exists():
-            with path.open() as fh:
-                found[where] = list(csv.DictReader(fh))
+    found = {where: read_differences_csv(path) for where in ("pooled", "pooled_minutes")
+             if (path := out / where / "differences.csv").exists()}  # fmt: skip
     if not found:
         return []
-    head = " | ".join(_label(*m) for m in METRICS)
+    head = " | ".join(label(*m) for m in METRICS)
     lines = ["", "### Is the difference real? (95 % intervals: archives resampled, then their "
              "reference times)", "", "Leads where the model is better / worse / undecided / "
-             "too few to tell (under 4 archives), pooled by lead step and by minutes "
+             f"too few to tell (under {MIN_UNITS} archives), pooled by lead step and by minutes "
              "(`pooled*/differences.csv`). At a lead one archive reaches alone, its "
              "reference times are resampled (column `archives` there: 1).", "",
              f"| pool | model | baseline | {head} |",
              "|---" * (len(METRICS) + 3) + "|"]  # fmt: skip
     for where, rows in found.items():
+        counts, none = verdict_counts(rows), [0] * len(VERDICTS)
         for model, base in dict.fromkeys((r["method"], r["baseline"]) for r in rows):
-            cells = []
-            for metric, threshold in METRICS:
-                got = [r["verdict"] for r in rows if (r["method"], r["baseline"], r["metric"],
-                       r["threshold"]) == (model, base, metric, threshold)]  # fmt: skip
-                cells.append(" / ".join(str(got.count(v)) for v in VERDICTS))
+            cells = [" / ".join(map(str, counts.get((model, base, *m), none))) for m in METRICS]
             lines.append(f"| {where} | {model} | {base} | " + " | ".join(cells) + " |")
-    rows = [r for r in found.get("pooled_minutes", []) if int(r["lead_time"]) == at_minutes]
+    rows = [r for r in found.get("pooled_minutes", []) if r["lead_time"] == at_minutes]
     if rows:
         lines += ["", f"At {at_minutes} min (difference, model minus baseline, and interval):",
                   "", f"| model | baseline | archives | {head} |",
@@ -452,15 +454,9 @@ def _significance_tables(out: Path, at_minutes: int = 60) -> list[str]:
         for model, base in dict.fromkeys((r["method"], r["baseline"]) for r in rows):
             mine = {(r["metric"], r["threshold"]): r for r in rows
                     if (r["method"], r["baseline"]) == (model, base)}  # fmt: skip
-            cells = []
-            for metric, threshold in METRICS:
-                r = mine[(metric, threshold)]
-                digits = 2 if metric == "MSE" else 3
-                ci = (f" [{float(r['ci_low']):+.{digits}f}, {float(r['ci_high']):+.{digits}f}]"
-                      if r["verdict"] != "too few" else "")  # fmt: skip
-                cells.append(f"{float(r['difference']):+.{digits}f}{ci} {r['verdict']}")
             archives = next(iter(mine.values()))["archives"]
-            lines.append(f"| {model} | {base} | {archives} | " + " | ".join(cells) + " |")
+            lines.append(f"| {model} | {base} | {archives} | "
+                         + " | ".join(cell(mine.get(m)) for m in METRICS) + " |")  # fmt: skip
     return [*lines, ""]
 
 

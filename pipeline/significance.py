@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from mimcast.pipeline.verify import Scores
+from mimcast.pipeline.verify import Scores, _pysteps_verification
 
 METRICS = (("CSI", "20 dBZ"), ("CSI", "30 dBZ"), ("MSE", ""), ("FSS", "30 dBZ @ 11 px"))
 LOWER_IS_BETTER = frozenset({"MSE", "MAE"})
@@ -119,9 +119,10 @@ def _score(sums: np.ndarray, metric: str) -> np.ndarray:
         if metric == "CSI":
             h, m, f = np.moveaxis(sums, -1, 0)
             return h / (h + m + f)
-        if metric == "FSS":
+        if metric == "FSS":  # pysteps' own formula, on arrays of its accumulator's sums
             ff, fo, oo = np.moveaxis(sums, -1, 0)
-            return 1.0 - (ff - 2.0 * fo + oo) / (ff + oo)
+            fss = {"sum_fct_sq": ff, "sum_fct_obs": fo, "sum_obs_sq": oo}
+            return _pysteps_verification()[1].fss_compute(fss)
         total, px = np.moveaxis(sums, -1, 0)
         return total / px
 
@@ -239,28 +240,56 @@ def write_differences_csv(rows: list[dict[str, Any]], path) -> None:
                                                                     "ci_high")}})  # fmt: skip
 
 
+def read_differences_csv(path) -> list[dict[str, Any]]:
+    """Difference rows from :func:`write_differences_csv`, with numbers as numbers."""
+    import csv
+    from pathlib import Path
+
+    with Path(path).open() as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        row.update({k: float(row[k]) for k in ("difference", "ci_low", "ci_high")})
+        row.update({k: int(row[k]) for k in ("lead_time", "units", "archives")})
+    return rows
+
+
 def _key(row: dict[str, Any]) -> tuple[str, str, str, str]:
     return row["method"], row["baseline"], row["metric"], row["threshold"]
 
 
-def _label(metric: str, threshold: str) -> str:
+def label(metric: str, threshold: str) -> str:
+    """A score's name in tables: ``CSI ≥ 20 dBZ``, ``MSE``."""
     return f"{metric} ≥ {threshold}" if threshold else metric
+
+
+def verdict_counts(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str, str], list[int]]:
+    """(model, baseline, metric, threshold) -> leads per verdict, in the order of
+    :data:`VERDICTS`; keys in the order the rows first name them."""
+    counts: dict[tuple[str, str, str, str], list[int]] = {}
+    for row in rows:
+        counts.setdefault(_key(row), [0] * len(VERDICTS))[VERDICTS.index(row["verdict"])] += 1
+    return counts
+
+
+def cell(row: dict[str, Any] | None) -> str:
+    """A difference, its interval where there is one, and its verdict ("" without a value)."""
+    if row is None or not np.isfinite(row["difference"]):
+        return ""
+    digits = 2 if row["metric"] in LOWER_IS_BETTER else 3
+    text = f"{row['difference']:+.{digits}f}"
+    if np.isfinite(row["ci_low"]):
+        text += f" [{row['ci_low']:+.{digits}f}, {row['ci_high']:+.{digits}f}]"
+    return f"{text} {row['verdict']}"
 
 
 def verdict_lines(rows: list[dict[str, Any]]) -> list[str]:
     """One line per (model, baseline): leads better / worse / undecided / too few per score."""
-    lines = []
-    for model, base in dict.fromkeys((r["method"], r["baseline"]) for r in rows):
-        mine = [r for r in rows if (r["method"], r["baseline"]) == (model, base)]
-        cells = []
-        for metric, threshold in dict.fromkeys((r["metric"], r["threshold"]) for r in mine):
-            got = [r["verdict"] for r in mine if r["metric"] == metric
-                   and r["threshold"] == threshold]  # fmt: skip
-            counts = "/".join(str(got.count(v)) for v in VERDICTS)
-            cells.append(f"{_label(metric, threshold)} {counts}")
-        lines.append(f"{model} vs {base}, leads better/worse/undecided/too few: "
-                     + ", ".join(cells))  # fmt: skip
-    return lines
+    lines: dict[tuple[str, str], list[str]] = {}
+    for (model, base, metric, threshold), counts in verdict_counts(rows).items():
+        text = f"{label(metric, threshold)} " + "/".join(map(str, counts))
+        lines.setdefault((model, base), []).append(text)
+    return [f"{model} vs {base}, leads better/worse/undecided/too few: " + ", ".join(cells)
+            for (model, base), cells in lines.items()]  # fmt: skip
 
 
 def markdown_section(rows: list[dict[str, Any]], resampling: Resampling = Resampling(),
@@ -276,33 +305,17 @@ def markdown_section(rows: list[dict[str, Any]], resampling: Resampling = Resamp
              "Lower MSE is better. All rows: `differences.csv`.", "",
              "| model | baseline | score | better | worse | undecided | too few |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
-    keys = list(dict.fromkeys((r["method"], r["baseline"]) for r in rows))
+    for (model, base, metric, threshold), counts in verdict_counts(rows).items():
+        lines.append(f"| {model} | {base} | {label(metric, threshold)} | "
+                     + " | ".join(map(str, counts)) + " |")  # fmt: skip
     scores = list(dict.fromkeys((r["metric"], r["threshold"]) for r in rows))
-    for model, base in keys:
-        for metric, threshold in scores:
-            key = (model, base, metric, threshold)
-            mine = [r for r in rows if _key(r) == key]
-            counts = [sum(r["verdict"] == v for r in mine) for v in VERDICTS]
-            lines.append(f"| {model} | {base} | {_label(metric, threshold)} | "
-                         + " | ".join(str(c) for c in counts) + " |")  # fmt: skip
-    for model, base in keys:
+    for model, base in dict.fromkeys((r["method"], r["baseline"]) for r in rows):
         mine = [r for r in rows if (r["method"], r["baseline"]) == (model, base)]
-        leads = sorted({r["lead_time"] for r in mine})
         index = {(r["lead_time"], r["metric"], r["threshold"]): r for r in mine}
         lines += ["", f"### {model} minus {base}", "",
-                  f"| {lead_label} | " + " | ".join(_label(*s) for s in scores) + " |",
+                  f"| {lead_label} | " + " | ".join(label(*s) for s in scores) + " |",
                   "|---" * (len(scores) + 1) + "|"]  # fmt: skip
-        for lead in leads:
-            cells = []
-            for metric, threshold in scores:
-                r = index.get((lead, metric, threshold))
-                if r is None or not np.isfinite(r["difference"]):
-                    cells.append("")
-                    continue
-                digits = 2 if metric in LOWER_IS_BETTER else 3
-                cell = f"{r['difference']:+.{digits}f}"
-                if np.isfinite(r["ci_low"]):
-                    cell += f" [{r['ci_low']:+.{digits}f}, {r['ci_high']:+.{digits}f}]"
-                cells.append(f"{cell} {r['verdict']}")
+        for lead in sorted({r["lead_time"] for r in mine}):
+            cells = [cell(index.get((lead, *score))) for score in scores]
             lines.append(f"| {lead} | " + " | ".join(cells) + " |")
     return lines

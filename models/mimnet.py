@@ -489,8 +489,8 @@ class MIMNet(nn.Module):
                 net = mask[:, t - 1] * x[:, t] + (1 - mask[:, t - 1]) * pred
             elif t < cfg.input_length:
                 net = x[:, t]
-            else:
-                net = pred
+            else:  # in the inputs' dtype (exact): a bf16 output fed back would be one more
+                net = pred.to(x.dtype)  # variant of a compiled step (compile_step)
             if cfg.channels_last:
                 net = net.contiguous(memory_format=torch.channels_last)
             pred, state = self.step(net, state, first=t == 0, shift=shift)
@@ -558,6 +558,7 @@ def autocast(device: torch.device | str, enabled: bool = True, native_only: bool
 
 
 _FP32_SAID: set[str] = set()
+STEP_VERSIONS = 32  # compiled versions of the step dynamo may keep (compile_step)
 
 
 def compile_step(model: MIMNet, **options) -> MIMNet:
@@ -571,8 +572,13 @@ def compile_step(model: MIMNet, **options) -> MIMNet:
     pass that fails to compile raises only in ``backward()``: run training steps through
     :func:`eager_on_failure`.
     """
-    import torch._dynamo  # its exceptions, below
+    import torch._dynamo  # its exceptions and its limit of versions, below
 
+    # One training run calls the step in 8 variants (the first step or a later one, with
+    # gradients or in validation, a full batch or an epoch's last one); past dynamo's default
+    # of 8 compiled versions it silently ran the step eagerly for the rest of the run.
+    limit = torch._dynamo.config.recompile_limit
+    torch._dynamo.config.recompile_limit = max(limit, STEP_VERSIONS)
     eager = model.stack.forward
     compiled = torch.compile(eager, **options)
 

@@ -487,3 +487,38 @@ def test_step_input_starts_as_the_step_blind_model_and_then_tells_steps_apart():
     aware.train()
     aware(x, step_minutes=torch.tensor([2.0, 10.0])).square().mean().backward()
     assert aware.step_gates.weight.grad.abs().sum() > 0
+
+
+def test_a_compiled_step_stays_compiled_through_a_whole_training_run():
+    # A training run calls the step in more variants than dynamo's default of 8 compiled
+    # versions: the first step and the later ones, with and without gradients (validation),
+    # a full batch and an epoch's last, partial one. Past the limit dynamo silently ran the
+    # step eagerly for the rest of the run. Every call below must reach the compiled graph.
+    runs = []
+
+    def counting(graph, example_inputs):  # a backend that counts the graph's executions
+        def run(*args):
+            runs.append(1)
+            return graph(*args)
+
+        return run
+
+    model = tiny(residual=False).train()  # the Eulerian recipe feeds back its bf16 output
+    compile_step(model, backend=counting)
+    calls = TINY.total_length - 1  # step calls per forward
+
+    def train(b):
+        x = frames(b, TINY.total_length, 12, 12)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x, torch.full((b, TINY.total_length - 2), 0.5))
+        ((out.float() - x[:, TINY.input_length :]) ** 2).mean().backward()
+
+    def validate(b):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            model(frames(b, TINY.input_length, 12, 12))
+
+    for _ in range(2):  # the second round: every variant is compiled already
+        before = len(runs)
+        for call in (lambda: train(4), lambda: validate(4), lambda: train(3), lambda: validate(3)):
+            call()
+        assert len(runs) - before == 4 * calls

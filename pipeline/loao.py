@@ -16,7 +16,8 @@
    and ``DIR/per_archive.csv``. Each archive's score accumulators are kept in
    ``DIR/evaluation/<archive>/accumulators.json``, and the pool takes every archive scored
    into ``DIR``: folds evaluated in separate runs (one a session, say) pool exactly as if
-   they had been evaluated together.
+   they had been evaluated together. Scoring other methods of an archive at the same
+   reference times (a variant trained later) adds them to its stored scores.
 
 Archives are named by their cube's file name (``rmi.zarr`` -> ``rmi``).
 """
@@ -257,22 +258,27 @@ def evaluate_all(
                   f"{step} min, {len(forecasters)} methods")  # fmt: skip
         started = time.monotonic()
         parts = score_references(cube, refs, n_in, n_leads, step, forecasters, VerifyOptions())
-        scores = merged(parts)
         if progress:
             log.info(f"{name} scored in {time.monotonic() - started:.0f} s")
         plan = EvaluationPlan(str(cube_path), forecasters,
                               tuple(str(np.datetime64(r, "m")) for r in refs), n_in, n_leads,
                               step, 1)  # fmt: skip
+        by_reference = [[ref, part.state()] for ref, part in zip(plan.refs, parts, strict=True)]
+        record = {"archive": name, "step_minutes": step, "inference": _precision(device),
+                  "by_reference": by_reference}  # fmt: skip
+        stored_path = out / "evaluation" / name / ACCUMULATORS
+        if stored_path.exists():
+            record = keep_stored_methods(json.loads(stored_path.read_text()), record)
+            parts = [Scores.from_state(state, VerifyOptions())
+                     for _, state in record["by_reference"]]  # fmt: skip
+        scores = merged(parts)
         finish_evaluation(plan, parts, out / "evaluation" / name)
         # the pooled accumulators, and each reference time's: those let the pools resample
         # reference times for confidence intervals (mimcast.pipeline.significance)
-        atomic_write_json(out / "evaluation" / name / ACCUMULATORS, {
-            "archive": name, "step_minutes": step, "cube": str(cube_path),
+        atomic_write_json(stored_path, {
+            **record, "cube": str(cube_path),
             "scored_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "inference": _precision(device), "scores": scores.state(),
-            "by_reference": [[ref, part.state()] for ref, part in zip(plan.refs, parts,
-                                                                     strict=True)]},
-            indent=None)  # fmt: skip
+            "scores": scores.state()}, indent=None)  # fmt: skip
         scored.append(name)
     # pool every archive scored into DIR, in this run or an earlier one
     pooled, pooled_minutes = Scores(VerifyOptions()), Scores(VerifyOptions())
@@ -334,6 +340,38 @@ def evaluate_all(
         writer.writeheader()
         writer.writerows(per_archive)
     return out / "pooled"
+
+
+def keep_stored_methods(stored: dict, new: dict) -> dict:
+    """``new``'s record of an archive's scores, with the methods ``stored`` (an earlier
+    ``accumulators.json`` of the archive) has and ``new`` lacks: scoring one more variant into
+    DIR adds it to the archive's scores instead of replacing the others.
+
+    Only where both scored the same reference times at the same step and precision: otherwise
+    the stored scores are of other forecasts and ``new`` replaces them (said in the log).
+    Methods in both take ``new``'s scores. Each kept method says when it was scored
+    (``kept``).
+    """
+    name = new["archive"]
+    same = ([ref for ref, _ in stored.get("by_reference", [])]
+            == [ref for ref, _ in new["by_reference"]]
+            and stored.get("step_minutes") == new["step_minutes"]
+            and stored.get("inference") == new["inference"])  # fmt: skip
+    if not same:
+        log.info(f"{name}: the stored scores ({stored.get('scored_at')}) are of other reference "
+                 "times, step or precision: replaced")  # fmt: skip
+        return new
+    extra = [m for m in stored["by_reference"][0][1]["data"]
+             if m not in new["by_reference"][0][1]["data"]]  # fmt: skip
+    if not extra:
+        return new
+    log.info(f"{name}: keeping {', '.join(extra)} as scored on {stored.get('scored_at')}")
+    by_reference = []
+    for (ref, old), (_, state) in zip(stored["by_reference"], new["by_reference"], strict=True):
+        data = {**state["data"], **{m: old["data"][m] for m in extra}}
+        by_reference.append([ref, {**state, "data": data}])
+    kept = {m: stored.get("kept", {}).get(m, stored.get("scored_at")) for m in extra}
+    return {**new, "by_reference": by_reference, "kept": kept}
 
 
 def _precision(device: str) -> str:

@@ -127,6 +127,40 @@ def test_a_method_missing_from_an_archive_is_left_out_of_the_pool(tmp_path, capl
     assert "pooling b as scored on 2026-11-28T00:00:00Z in fp32" in caplog.text
 
 
+def test_scoring_another_method_into_dir_adds_it_to_the_archives_stored_scores(tmp_path, caplog):
+    # e.g. the Eulerian variant scored a session after the Lagrangian one: both pool
+    from mimcast.pipeline import loao
+
+    cube = str(_cube(tmp_path / "a.zarr", 30, 5))
+    out = tmp_path / "loao"
+
+    def score(methods, refs):
+        loao.evaluate_all([cube], out, variants=(), baselines=methods, max_refs=refs,
+                          progress=False)  # fmt: skip
+        stored = json.loads((out / "evaluation" / "a" / loao.ACCUMULATORS).read_text())
+        with (out / "pooled" / "scores.csv").open() as fh:
+            pooled = {r["method"] for r in csv.DictReader(fh)}
+        return stored, pooled
+
+    # the same reference times (extrapolation and S-PROG need 3 inputs, persistence 1)
+    first, _ = score(("persistence", "extrapolation"), 2)
+    with caplog.at_level("INFO", logger="mimcast"):
+        both, pooled = score(("extrapolation", "sprog"), 2)
+    assert pooled == {"persistence", "extrapolation", "sprog"}
+    assert [set(state["data"]) for _, state in both["by_reference"]] == [pooled, pooled]
+    assert set(both["scores"]["data"]) == pooled
+    assert both["kept"] == {"persistence": first["scored_at"]}
+    assert "a: keeping persistence as scored on" in caplog.text
+    for (ref, old), (again, state) in zip(first["by_reference"], both["by_reference"],
+                                          strict=True):  # fmt: skip
+        assert ref == again and state["data"]["persistence"] == old["data"]["persistence"]
+    report = (out / "evaluation" / "a" / "report.md").read_text()
+    assert "| persistence |" in report and "| sprog |" in report
+    # other reference times: the stored scores are of other forecasts, and are replaced
+    _, pooled = score(("extrapolation",), 1)
+    assert pooled == {"extrapolation"}
+
+
 def test_pooled_differences_resample_archives_and_their_reference_times(tmp_path):
     import numpy as np
 

@@ -269,8 +269,9 @@ def evaluate_all(
         stored_path = out / "evaluation" / name / ACCUMULATORS
         if stored_path.exists():
             record = keep_stored_methods(json.loads(stored_path.read_text()), record)
-            parts = [Scores.from_state(state, VerifyOptions())
-                     for _, state in record["by_reference"]]  # fmt: skip
+            if "kept" in record:  # the report and the pooled scores include the kept methods
+                parts = [Scores.from_state(state, VerifyOptions())
+                         for _, state in record["by_reference"]]  # fmt: skip
         scores = merged(parts)
         finish_evaluation(plan, parts, out / "evaluation" / name)
         # the pooled accumulators, and each reference time's: those let the pools resample

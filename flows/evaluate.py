@@ -6,7 +6,12 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from mimcast.flows.common import dask_task_runner, site_settings
-from mimcast.pipeline.defaults import EVALUATE_EVERY, EVALUATE_METHODS, MIN_STEP_MINUTES
+from mimcast.pipeline.defaults import (
+    EVALUATE_EVERY,
+    EVALUATE_METHODS,
+    MIN_STEP_MINUTES,
+    MODEL_REFINE,
+)
 from mimcast.pipeline.evaluation import (
     build_forecasters,
     finish_evaluation,
@@ -29,6 +34,7 @@ def evaluate_flow(
     methods: list[str] | None = None,
     postprocess: str | None = None,
     min_step_minutes: float = MIN_STEP_MINUTES,
+    refine: int = MODEL_REFINE,
 ) -> dict:
     """Score the methods (default MIMNet, persistence, extrapolation); write the report."""
     site = site_settings()
@@ -36,7 +42,8 @@ def evaluate_flow(
     checkpoint = checkpoint or site.checkpoint
     forecasters = build_forecasters(tuple(methods or EVALUATE_METHODS), checkpoint=checkpoint,
                                     postprocess=postprocess,
-                                    min_step_minutes=min_step_minutes)  # fmt: skip
+                                    min_step_minutes=min_step_minutes,
+                                    refine=refine)  # fmt: skip
     plan = plan_evaluation(cube, forecasters, start=start, end=end, every=every)
     get_run_logger().info("scoring %d reference times on Dask", len(plan.refs))
     futures = [score_task.submit(plan, ref) for ref in plan.refs]

@@ -13,7 +13,12 @@ from prefect.states import Completed, Failed
 
 from mimcast.flows.common import site_settings
 from mimcast.models.checkpoint import CheckpointError
-from mimcast.pipeline.defaults import FALLBACK_METHOD, MIN_STEP_MINUTES, NOWCAST_METHOD
+from mimcast.pipeline.defaults import (
+    FALLBACK_METHOD,
+    MIN_STEP_MINUTES,
+    MODEL_REFINE,
+    NOWCAST_METHOD,
+)
 from mimcast.pipeline.nowcast import (
     NoValidDataError,
     NowcastError,
@@ -43,6 +48,7 @@ def nowcast_flow(
     skip_existing: bool = True,
     geotiff: bool = False,
     min_step_minutes: float = MIN_STEP_MINUTES,
+    refine: int = MODEL_REFINE,
 ):
     """Nowcast from the cube; without complete input frames, end as ``Skipped`` saying which.
 
@@ -57,7 +63,7 @@ def nowcast_flow(
     cube, out_dir = cube or site.cube, out_dir or site.nowcasts
     kwargs = {"checkpoint": checkpoint or site.checkpoint, "postprocess": postprocess,
               "time": time, "plot": plot, "source": source, "geotiff": geotiff,
-              "min_step_minutes": min_step_minutes}  # fmt: skip
+              "min_step_minutes": min_step_minutes, "refine": refine}  # fmt: skip
     if skip_existing:
         done = existing_product(cube, out_dir, method=method, checkpoint=kwargs["checkpoint"],
                                 time=time, source=source,

@@ -246,6 +246,7 @@ def _cmd_nowcast(args: argparse.Namespace) -> int:
         postprocess=_postprocess(args), time=args.time,
         plot=args.plot, leads=tuple(args.leads), source=args.source, device=args.device,
         steps=args.steps, geotiff=args.geotiff, min_step_minutes=args.min_step_minutes,
+        refine=args.refine,
     )  # fmt: skip
     print(f"{out.method} nowcast from {out.reference_time} UTC: {out.netcdf.resolve()}")
     for png in out.pngs:
@@ -264,7 +265,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         args.cube, args.out, methods=tuple(args.methods), checkpoint=args.checkpoint,
         postprocess=_postprocess(args), start=args.start, end=args.end, every=args.every,
         leads=args.steps, scheduler=args.scheduler, device=args.device, progress=_progress(args),
-        min_step_minutes=args.min_step_minutes,
+        min_step_minutes=args.min_step_minutes, refine=args.refine,
     )  # fmt: skip
     from mimcast.pipeline.significance import verdict_lines
 
@@ -307,7 +308,7 @@ def _cmd_loao(args: argparse.Namespace) -> int:
                        final_max_steps=args.final_max_steps, progress=_progress(args))  # fmt: skip
     if args.stage in ("evaluate", "all"):
         pooled = loao.evaluate_all(args.cubes, out, variants=variants, max_refs=args.max_refs,
-                                   device=args.device or "auto",
+                                   device=args.device or "auto", refine=args.refine,
                                    progress=_progress(args))  # fmt: skip
         loao.summary(out)
         print(f"pooled report: {(pooled / 'report.md').resolve()}")
@@ -374,7 +375,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _add_model_inputs(p: argparse.ArgumentParser) -> None:
     """The arguments every command that runs forecast methods takes."""
-    from mimcast.pipeline.defaults import DEFAULT_LEADS, MIN_STEP_MINUTES, POSTPROCESS
+    from mimcast.pipeline.defaults import (
+        DEFAULT_LEADS,
+        MIN_STEP_MINUTES,
+        MODEL_REFINE,
+        POSTPROCESS,
+    )
 
     p.add_argument("cube", metavar="CUBE", help="Zarr cube from 'mimcast ingest'")
     p.add_argument("--checkpoint", help="model checkpoint for 'mimnet' (default: the shipped "
@@ -395,6 +401,11 @@ def _add_model_inputs(p: argparse.ArgumentParser) -> None:
                    "between are interpolated), and extrapolation and S-PROG estimate their "
                    f"motion on every k-th frame (default {MIN_STEP_MINUTES:g}; 0: every "
                    "frame)")  # fmt: skip
+    p.add_argument("--refine", type=_positive_int, default=MODEL_REFINE, metavar="K",
+                   help="MIMNet runs on a grid K times finer than the cube's (each pixel "
+                   "repeated) and its forecast is averaged back to the cube's pixels in linear "
+                   f"Z (default {MODEL_REFINE}: measured in data/MODEL_CARD.md; 1: on the "
+                   "cube's grid, a quarter of the arithmetic)")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -408,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
         INGEST_WAIT_S,
         MAP_LEADS,
         MAX_GAP_MINUTES,
+        MODEL_REFINE,
         NOWCAST_METHOD,
         SERVE_INTERVAL_MINUTES,
     )
@@ -607,6 +619,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reference times per archive (evenly spread; default 6)")  # fmt: skip
     p.add_argument("--device", type=_device,
                    help="override [train] device, and the evaluation device")  # fmt: skip
+    p.add_argument("--refine", type=_positive_int, default=MODEL_REFINE, metavar="K",
+                   help=f"the models run on grids K times finer (default {MODEL_REFINE}; "
+                   "as for evaluate)")  # fmt: skip
     p.add_argument("--only", help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_loao)
 

@@ -17,7 +17,12 @@ import numpy as np
 import xarray as xr
 
 from mimcast.pipeline.cube import VARIABLE, open_cube, step_minutes
-from mimcast.pipeline.defaults import EVALUATE_EVERY, EVALUATE_METHODS, MIN_STEP_MINUTES
+from mimcast.pipeline.defaults import (
+    EVALUATE_EVERY,
+    EVALUATE_METHODS,
+    MIN_STEP_MINUTES,
+    MODEL_REFINE,
+)
 from mimcast.pipeline.forecasters import at_time_step, get_forecaster
 
 log = logging.getLogger(__name__)
@@ -55,12 +60,14 @@ def build_forecasters(
     device: str = "auto",
     postprocess: str | None = None,
     min_step_minutes: float = MIN_STEP_MINUTES,
+    refine: int = MODEL_REFINE,
 ) -> dict[str, Any]:
     """Build the registered ``methods`` (labels = names) with one set of options."""
     if not methods:
         raise ValueError("no forecast method to evaluate")
     options = {"checkpoint": str(checkpoint) if checkpoint else None, "device": device,
-               "postprocess": postprocess, "min_step_minutes": min_step_minutes}  # fmt: skip
+               "postprocess": postprocess, "min_step_minutes": min_step_minutes,
+               "refine": refine}  # fmt: skip
     return {name: get_forecaster(name, **options) for name in dict.fromkeys(methods)}
 
 
@@ -216,6 +223,7 @@ def run_evaluate(
     device: str = "auto",
     progress: bool = False,
     min_step_minutes: float = MIN_STEP_MINUTES,
+    refine: int = MODEL_REFINE,
 ) -> EvaluateOutputs:
     """Hindcast over a cube: every method per reference time, in parallel with dask.
 
@@ -226,7 +234,8 @@ def run_evaluate(
 
     fcs = forecasters or build_forecasters(methods, checkpoint=checkpoint, device=device,
                                            postprocess=postprocess,
-                                           min_step_minutes=min_step_minutes)  # fmt: skip
+                                           min_step_minutes=min_step_minutes,
+                                           refine=refine)  # fmt: skip
     plan = plan_evaluation(cube_path, fcs, start=start, end=end, every=every, leads=leads)
     parts = score_references(open_cube(plan.cube), [np.datetime64(r, "ns") for r in plan.refs],
                              plan.n_inputs, plan.n_leads, plan.step, plan.forecasters,

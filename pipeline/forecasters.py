@@ -31,7 +31,9 @@ The built-in methods:
   it runs in the Eulerian frame or the Lagrangian one (inputs moved with the motion field,
   outputs advected forward along it) and which post-processing it uses by default. On
   archives with steps shorter than ``min_step_minutes`` (4) it reads every k-th frame and
-  fills the archive-step leads between its steps (see :meth:`MIMNetForecaster._raw`).
+  fills the archive-step leads between its steps (see :meth:`MIMNetForecaster._raw`). It
+  runs on a grid ``refine`` (2) times finer than the archive's, each pixel repeated, and its
+  forecast is averaged back to the archive's pixels in linear Z (see ``MODEL_REFINE``).
 """
 
 from __future__ import annotations
@@ -57,12 +59,13 @@ from mimcast.pipeline.defaults import (
     ECHO_THRESHOLD_DBZ,
     FLOOR_DBZ,
     MIN_STEP_MINUTES,
+    MODEL_REFINE,
     MOTION_FRAMES,
     POSTPROCESS,
     RAIN_THRESHOLD_DBZ,
     SHIPPED_CHECKPOINT,
 )
-from mimcast.pipeline.zr import NO_ECHO_DBZ
+from mimcast.pipeline.zr import NO_ECHO_DBZ, coarsen_dbz
 
 #: redirect_stdout swaps the process-wide sys.stdout: threads must take turns around it
 STDOUT_LOCK = threading.Lock()
@@ -350,6 +353,9 @@ class MIMNetForecaster(_ReadsEveryKthFrame):
     # reads every k-th frame and the leads between its steps are interpolated (0: every frame)
     min_step_minutes: float = MIN_STEP_MINUTES
     time_step_minutes: float | None = None  # the archive's step (at_time_step); None: unknown
+    # the model runs on a grid this many times finer (each pixel repeated), and its forecast
+    # is averaged back to the archive's pixels in linear Z (1: on the archive's grid)
+    refine: int = MODEL_REFINE
     preloaded: Any = field(default=None, repr=False)  # a Checkpoint in memory (from_model)
 
     def __post_init__(self) -> None:
@@ -357,6 +363,9 @@ class MIMNetForecaster(_ReadsEveryKthFrame):
             self.checkpoint = str(SHIPPED_CHECKPOINT) if self.preloaded is None else "in memory"
         if self.postprocess is not None and self.postprocess not in POSTPROCESS:
             raise ValueError(f"postprocess={self.postprocess!r}: one of {', '.join(POSTPROCESS)}")
+        if isinstance(self.refine, bool) or int(self.refine) != self.refine or self.refine < 1:
+            raise ValueError(f"refine={self.refine!r}: a whole number >= 1")
+        self.refine = int(self.refine)
         self._check_steps()
 
     @classmethod
@@ -395,8 +404,9 @@ class MIMNetForecaster(_ReadsEveryKthFrame):
         if self.stride > 1:
             every = (f", every {self.stride} frames: {self.stride * self.time_step_minutes:g}-"
                      "minute model steps")  # fmt: skip
+        finer = f", on a {self.refine}x finer grid" if self.refine > 1 else ""
         return (f"{Path(self.checkpoint).name} (step {ckpt.extra.get('step', '?')}, "
-                f"{ckpt.inputs.frame}, post-processing {post}{every})")  # fmt: skip
+                f"{ckpt.inputs.frame}, post-processing {post}{every}{finer})")  # fmt: skip
 
     def __call__(self, inputs: np.ndarray, n_leads: int) -> np.ndarray:
         ckpt = self.loaded
@@ -410,10 +420,13 @@ class MIMNetForecaster(_ReadsEveryKthFrame):
             )
         inputs = np.asarray(inputs[-n_in:], dtype=np.float32)
         key = (str(self.checkpoint), id(ckpt), hashlib.blake2b(inputs.tobytes(), digest_size=16)
-               .hexdigest(), self.device, self.bf16, stride, self.time_step_minutes)  # fmt: skip
+               .hexdigest(), self.device, self.bf16, stride, self.time_step_minutes,
+               self.refine)  # fmt: skip
         raw = _RAW.get(key)
         if raw is None:
-            raw = self._raw(ckpt, inputs[::stride], stride)
+            raw = self._raw(ckpt, refined(inputs[::stride], self.refine), stride)
+            if self.refine > 1:  # back to the archive's pixels
+                raw = coarsen_dbz(raw, self.refine)
             _RAW[key] = raw  # variants of one model at one reference time share it
             while len(_RAW) > 4:  # a few entries: dask threads score several references
                 _RAW.pop(next(iter(_RAW)), None)
@@ -471,6 +484,15 @@ class MIMNetForecaster(_ReadsEveryKthFrame):
         dbz = norm.denormalize(pred).astype(np.float32)
         dbz[~known] = np.nan
         return dbz
+
+
+def refined(frames: np.ndarray, factor: int) -> np.ndarray:
+    """``(T, H, W)`` frames on a grid ``factor`` times finer: each pixel repeated
+    ``factor`` x ``factor`` times, so that :func:`~mimcast.pipeline.zr.coarsen_dbz` gives
+    them back exactly."""
+    if factor == 1:
+        return frames
+    return np.repeat(np.repeat(frames, factor, axis=-2), factor, axis=-1)
 
 
 def frame_stride(time_step_minutes: float | None, min_step_minutes: float) -> int:

@@ -77,7 +77,6 @@ from mimcast.pipeline.compute import TaskBar, check_scheduler, dask_scheduler
 from mimcast.pipeline.cube import (
     COMMITTED_ATTR,
     GRID_MAPPING,
-    NO_ECHO_DBZ,
     PENDING_ATTR,
     TIME_ENCODING,
     VARIABLE,
@@ -91,7 +90,7 @@ from mimcast.pipeline.cube import (
 from mimcast.pipeline.cube import observed as cube_observed
 from mimcast.pipeline.defaults import INGEST_WAIT_S, MAX_GAP_MINUTES
 from mimcast.pipeline.readers import ReaderError, read
-from mimcast.pipeline.zr import MARSHALL_PALMER, ZR
+from mimcast.pipeline.zr import MARSHALL_PALMER, ZR, coarsen_dbz
 
 REPORT_SUFFIX = ".ingest.json"
 log = logging.getLogger("mimcast")
@@ -253,20 +252,6 @@ def discover(
     return unique, problems
 
 
-def _coarsen(dbz: np.ndarray, factor: int) -> np.ndarray:
-    """Block-average linear Z; a block with more than half NaN becomes NaN."""
-    ny, nx = (dbz.shape[0] // factor) * factor, (dbz.shape[1] // factor) * factor
-    blocks = dbz[:ny, :nx].reshape(ny // factor, factor, nx // factor, factor)
-    z = np.where(blocks <= NO_ECHO_DBZ, 0.0, 10.0 ** (blocks / 10.0))
-    valid = np.isfinite(z).sum(axis=(1, 3))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.nansum(z, axis=(1, 3)) / np.maximum(valid, 1)
-        out = np.where(mean > 0, 10.0 * np.log10(mean), NO_ECHO_DBZ)
-    out = np.maximum(out, NO_ECHO_DBZ)
-    out[valid * 2 < factor * factor] = np.nan
-    return out.astype(np.float32)
-
-
 def load_frame(path: str | Path, options: IngestOptions) -> xr.Dataset:
     """Read one file and map it to the target grid (crop, coarsen)."""
     ds = read(path, options.format, zr=options.zr)
@@ -281,7 +266,7 @@ def load_frame(path: str | Path, options: IngestOptions) -> xr.Dataset:
             path, f"coarsen factor {k} is larger than the grid {ds.sizes['y']}x{ds.sizes['x']}"
         )
     if k > 1:
-        values = _coarsen(ds[VARIABLE].values[0], k)
+        values = coarsen_dbz(ds[VARIABLE].values[0], k)
         ny, nx = values.shape
         x = ds.x.values[: nx * k].reshape(nx, k).mean(axis=1)
         y = ds.y.values[: ny * k].reshape(ny, k).mean(axis=1)

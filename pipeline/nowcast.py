@@ -36,6 +36,7 @@ from mimcast.pipeline.cube import observed as cube_observed
 from mimcast.pipeline.defaults import (
     MAP_LEADS,
     MIN_STEP_MINUTES,
+    MODEL_REFINE,
     NOWCAST_METHOD,
     RAIN_THRESHOLD_DBZ,
 )
@@ -299,6 +300,7 @@ def run_nowcast(
     steps: int | None = None,
     geotiff: bool = False,
     min_step_minutes: float = MIN_STEP_MINUTES,
+    refine: int = MODEL_REFINE,
 ) -> NowcastOutputs:
     """Nowcast from a Zarr cube with a registered method; write NetCDF (and quicklooks).
 
@@ -308,6 +310,7 @@ def run_nowcast(
     ``min_step_minutes``: on archives with shorter steps, MIMNet's shortest model step and
     the span per step of the frames extrapolation and S-PROG estimate their motion on (every
     k-th frame; see :mod:`~mimcast.pipeline.forecasters`).
+    ``refine``: MIMNet runs on a grid this many times finer than the cube's (``MODEL_REFINE``).
     """
     from mimcast.pipeline.cube import open_cube
     from mimcast.pipeline.forecasters import at_time_step, get_forecaster
@@ -317,7 +320,7 @@ def run_nowcast(
     log.info("loading %s", method)
     forecaster = get_forecaster(method, checkpoint=str(checkpoint) if checkpoint else None,
                                 device=device, min_step_minutes=min_step_minutes,
-                                postprocess=postprocess)  # fmt: skip
+                                postprocess=postprocess, refine=refine)  # fmt: skip
     forecaster = at_time_step(forecaster, step_minutes(cube))
     name = _source_name(cube_path, source)
     forecast = nowcast(cube, forecaster, NowcastOptions(time=time, leads=steps), source=name)

@@ -17,6 +17,25 @@ import numpy as np
 NO_ECHO_DBZ: float = -32.0
 
 
+def coarsen_dbz(dbz: np.ndarray, factor: int) -> np.ndarray:
+    """Block-average ``(..., H, W)`` dBZ over ``factor`` x ``factor`` pixels in linear Z.
+
+    Trailing rows and columns that fill no whole block are dropped. A block with more than
+    half its pixels NaN (no data) becomes NaN; NO_ECHO_DBZ counts as Z = 0.
+    """
+    *lead, h, w = dbz.shape
+    ny, nx = (h // factor) * factor, (w // factor) * factor
+    blocks = dbz[..., :ny, :nx].reshape(*lead, ny // factor, factor, nx // factor, factor)
+    z = np.where(blocks <= NO_ECHO_DBZ, 0.0, 10.0 ** (blocks / 10.0))
+    valid = np.isfinite(z).sum(axis=(-3, -1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.nansum(z, axis=(-3, -1)) / np.maximum(valid, 1)
+        out = np.where(mean > 0, 10.0 * np.log10(mean), NO_ECHO_DBZ)
+    out = np.maximum(out, NO_ECHO_DBZ)
+    out[valid * 2 < factor * factor] = np.nan
+    return out.astype(np.float32)
+
+
 @dataclass(frozen=True)
 class ZR:
     """Z = a R^b with Z in mm^6 m^-3 and R in mm/h."""

@@ -71,6 +71,7 @@ def test_help_and_usage_errors_do_not_import_the_heavy_libraries():
         (["nonsense"], "invalid choice: 'nonsense'"),
         (["ingest", "OUT", "--out", "c.zarr", "--format", "bufr"], "unknown radar format 'bufr'"),
         (["nowcast", "c.zarr", "--out", "OUT", "--min-step-minutes", "-2"], "-2 must be >= 0"),
+        (["evaluate", "c.zarr", "--out", "OUT", "--refine", "0"], "--refine: 0 must be >= 1"),
     ],
 )
 def test_user_error_is_one_line_without_traceback(tmp_path, args, fragment):

@@ -198,6 +198,7 @@ def _tiny_forecaster(frame: str = "eulerian", **options):
     from mimcast.models.checkpoint import InputConfig
     from mimcast.models.mimnet import MIMNet, MIMNetConfig
 
+    options.setdefault("refine", 1)  # on the archive's grid unless a test says otherwise
     torch.manual_seed(0)
     config = MIMNetConfig(input_length=4, output_length=3, num_layers=2, num_hidden=8,
                           filter_size=3, patch_size=4)  # fmt: skip
@@ -230,6 +231,45 @@ def test_a_short_step_archive_gets_model_steps_and_interpolated_leads_between():
     assert "every 2 frames: 4-minute model steps" in fc.describe()
     with pytest.raises(ValueError, match="needs 7 input frames"):
         fc(frames[-4:], 6)
+
+
+def test_the_model_runs_on_a_finer_grid_and_forecasts_on_the_archives_pixels():
+    """refine = 2: the model sees every pixel repeated 2 x 2 times, and its forecast comes
+    back as the linear-Z mean of each 2 x 2 block."""
+    from mimcast.pipeline.forecasters import refined
+    from mimcast.pipeline.zr import coarsen_dbz
+
+    rng = np.random.default_rng(3)
+    frames = rng.uniform(0, 60, size=(4, 24, 36)).astype(np.float32)
+    frames[:, :3, :5] = np.nan  # outside the coverage
+    for frame in ("eulerian", "lagrangian"):
+        fine = _tiny_forecaster(frame, echo_threshold_dbz=-1e9)  # on whatever grid it is given
+        two = _tiny_forecaster(frame, echo_threshold_dbz=-1e9, refine=2)
+        out = two(frames, 3)
+        assert out.shape == (3, 24, 36)
+        np.testing.assert_allclose(out, coarsen_dbz(fine(refined(frames, 2), 3), 2), atol=1e-4)
+        assert np.isnan(out[:, :3, :5]).all()  # no data where the last frame has none
+        if frame == "eulerian":  # (Lagrangian: also where echoes come from outside the grid)
+            assert np.isfinite(out[:, 3:, 5:]).all()
+        # not the same as running on the archive's grid
+        assert np.nanmax(np.abs(out - fine(frames, 3))) > 0.1
+    assert "on a 2x finer grid" in two.describe()
+    with pytest.raises(ValueError, match="refine=0"):
+        _tiny_forecaster(refine=0)
+
+
+def test_linear_z_block_means_give_repeated_pixels_back():
+    from mimcast.pipeline.forecasters import refined
+    from mimcast.pipeline.zr import NO_ECHO_DBZ, coarsen_dbz
+
+    rng = np.random.default_rng(4)
+    field = rng.uniform(-10, 65, size=(2, 6, 9)).astype(np.float32)
+    field[0, 1, 2], field[1, 4, 4] = np.nan, NO_ECHO_DBZ
+    for k in (2, 3):
+        np.testing.assert_allclose(coarsen_dbz(refined(field, k), k), field, atol=1e-4)
+    # a block of 0 and 20 dBZ averages Z: 10 log10((1 + 100) / 2), not 10 dBZ
+    block = np.array([[0.0, 20.0], [0.0, 20.0]], dtype=np.float32)
+    assert coarsen_dbz(block, 2)[0, 0] == pytest.approx(10 * np.log10(50.5), abs=1e-4)
 
 
 def test_lagrangian_leads_between_model_steps_move_one_archive_step_each():

@@ -353,9 +353,12 @@ def test_cli_nowcast_with_a_checkpoint(cube, model, tmp_path):
     names = sorted(p.name for p in (tmp_path / "o").iterdir())
     stem = "nowcast_c_202407011245"
     assert names == [f"{stem}.gif", f"{stem}.nc", f"{stem}_005min.png", f"{stem}_015min.png"]
-    # --postprocess overrides the checkpoint's default ("none"), and the file says which ran
+    # --postprocess overrides the checkpoint's default ("none"), and the file says which ran,
+    # and that the model ran on a grid twice as fine as the cube's (the default)
     with xr.open_dataset(tmp_path / "o" / f"{stem}.nc") as ds:
         assert "post-processing pm-wet" in ds.attrs["source"]
+        assert "on a 2x finer grid" in ds.attrs["source"]
+        assert ds.sizes["x"] == cube.sizes["x"] and ds.sizes["y"] == cube.sizes["y"]
     assert dataclasses.asdict(load_checkpoint(ckpt)[0].config) == dataclasses.asdict(TINY)
 
 

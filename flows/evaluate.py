@@ -10,7 +10,6 @@ from mimcast.pipeline.defaults import (
     EVALUATE_EVERY,
     EVALUATE_METHODS,
     MIN_STEP_MINUTES,
-    MODEL_REFINE,
 )
 from mimcast.pipeline.evaluation import (
     build_forecasters,
@@ -34,7 +33,7 @@ def evaluate_flow(
     methods: list[str] | None = None,
     postprocess: str | None = None,
     min_step_minutes: float = MIN_STEP_MINUTES,
-    refine: int = MODEL_REFINE,
+    refine: int | None = None,
 ) -> dict:
     """Score the methods (default MIMNet, persistence, extrapolation); write the report."""
     site = site_settings()

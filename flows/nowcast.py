@@ -16,7 +16,6 @@ from mimcast.models.checkpoint import CheckpointError
 from mimcast.pipeline.defaults import (
     FALLBACK_METHOD,
     MIN_STEP_MINUTES,
-    MODEL_REFINE,
     NOWCAST_METHOD,
 )
 from mimcast.pipeline.nowcast import (
@@ -48,7 +47,7 @@ def nowcast_flow(
     skip_existing: bool = True,
     geotiff: bool = False,
     min_step_minutes: float = MIN_STEP_MINUTES,
-    refine: int = MODEL_REFINE,
+    refine: int | None = None,
 ):
     """Nowcast from the cube; without complete input frames, end as ``Skipped`` saying which.
 

@@ -69,6 +69,7 @@ class InputConfig:
     frame: str = "eulerian"  # one of FRAMES; "lagrangian": inputs moved with the motion field
     motion_frames: int = 3  # last input frames for the Lucas-Kanade motion (lagrangian)
     postprocess: str = "none"  # default output post-processing, one of POSTPROCESS (defaults)
+    pixel_m: float | None = None  # the training grids' spacing (metres; None: unknown)
 
     def __post_init__(self) -> None:
         if not self.dbz_max > self.dbz_min:

@@ -162,6 +162,11 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     return 0 if report.complete else EXIT_PARTIAL
 
 
+def _refine(text: str) -> int | None:
+    """``--refine``: a whole number >= 1, or ``auto`` (None)."""
+    return None if text == "auto" else _positive_int(text)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -378,7 +383,6 @@ def _add_model_inputs(p: argparse.ArgumentParser) -> None:
     from mimcast.pipeline.defaults import (
         DEFAULT_LEADS,
         MIN_STEP_MINUTES,
-        MODEL_REFINE,
         POSTPROCESS,
     )
 
@@ -401,11 +405,11 @@ def _add_model_inputs(p: argparse.ArgumentParser) -> None:
                    "between are interpolated), and extrapolation and S-PROG estimate their "
                    f"motion on every k-th frame (default {MIN_STEP_MINUTES:g}; 0: every "
                    "frame)")  # fmt: skip
-    p.add_argument("--refine", type=_positive_int, default=MODEL_REFINE, metavar="K",
+    p.add_argument("--refine", type=_refine, default=None, metavar="K",
                    help="MIMNet runs on a grid K times finer than the cube's (each pixel "
                    "repeated) and its forecast is averaged back to the cube's pixels in linear "
-                   f"Z (default {MODEL_REFINE}: measured in data/MODEL_CARD.md; 1: on the "
-                   "cube's grid, a quarter of the arithmetic)")  # fmt: skip
+                   "Z; K^2 times the arithmetic (default auto: on cubes coarser than the "
+                   "checkpoint's training grids, near those; see data/MODEL_CARD.md)")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -419,7 +423,6 @@ def build_parser() -> argparse.ArgumentParser:
         INGEST_WAIT_S,
         MAP_LEADS,
         MAX_GAP_MINUTES,
-        MODEL_REFINE,
         NOWCAST_METHOD,
         SERVE_INTERVAL_MINUTES,
     )
@@ -619,9 +622,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reference times per archive (evenly spread; default 6)")  # fmt: skip
     p.add_argument("--device", type=_device,
                    help="override [train] device, and the evaluation device")  # fmt: skip
-    p.add_argument("--refine", type=_positive_int, default=MODEL_REFINE, metavar="K",
-                   help=f"the models run on grids K times finer (default {MODEL_REFINE}; "
-                   "as for evaluate)")  # fmt: skip
+    p.add_argument("--refine", type=_refine, default=None, metavar="K",
+                   help="the models run on grids K times finer (default auto; as for "
+                   "evaluate)")  # fmt: skip
     p.add_argument("--only", help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_loao)
 

@@ -482,6 +482,18 @@ def step_minutes(cube: xr.Dataset) -> int:
     return step
 
 
+def pixel_metres(cube: xr.Dataset) -> float | None:
+    """The cube's grid spacing in metres (the geometric mean of x and y); None when an axis
+    has under two pixels or is not in metres."""
+    spacing = []
+    for axis in ("x", "y"):
+        coord = cube[axis]
+        if coord.size < 2 or coord.attrs.get("units", "m") not in ("m", "metre", "meter"):
+            return None
+        spacing.append(abs(float(coord.values[1] - coord.values[0])))
+    return float(np.sqrt(spacing[0] * spacing[1])) or None
+
+
 def complete_windows(
     flags: np.ndarray, length: int, stride: int = 1, breaks: np.ndarray | None = None
 ) -> np.ndarray:

@@ -56,12 +56,6 @@ RAIN_THRESHOLD_DBZ = 10.0  # weaker reflectivity gives no rain in the products
 #: On 5- to 10-minute archives longer spans changed little, and not in one direction.
 MIN_STEP_MINUTES = 4.0
 
-#: MIMNet runs on a grid this many times finer than the archive's (each pixel repeated) and
-#: its forecast is averaged back to the archive's pixels in linear Z. Measured in
-#: data/MODEL_CARD.md ("A finer grid for the model"): on held-out MRMS (4.4 km pixels), RMI and
-#: DWD YW (2 km, the training grids' size) twice as fine gave higher CSI at 20 and 30 dBZ and
-#: lower MSE at most leads, for 4x the model's arithmetic.
-MODEL_REFINE = 2
 
 # ---- models
 #: the frames a model can work in (``[data] frame``); also the `mimcast loao` variants

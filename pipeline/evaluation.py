@@ -21,7 +21,6 @@ from mimcast.pipeline.defaults import (
     EVALUATE_EVERY,
     EVALUATE_METHODS,
     MIN_STEP_MINUTES,
-    MODEL_REFINE,
 )
 from mimcast.pipeline.forecasters import at_time_step, get_forecaster
 
@@ -60,7 +59,7 @@ def build_forecasters(
     device: str = "auto",
     postprocess: str | None = None,
     min_step_minutes: float = MIN_STEP_MINUTES,
-    refine: int = MODEL_REFINE,
+    refine: int | None = None,
 ) -> dict[str, Any]:
     """Build the registered ``methods`` (labels = names) with one set of options."""
     if not methods:
@@ -223,7 +222,7 @@ def run_evaluate(
     device: str = "auto",
     progress: bool = False,
     min_step_minutes: float = MIN_STEP_MINUTES,
-    refine: int = MODEL_REFINE,
+    refine: int | None = None,
 ) -> EvaluateOutputs:
     """Hindcast over a cube: every method per reference time, in parallel with dask.
 

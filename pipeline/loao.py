@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from mimcast.pipeline.defaults import FRAMES, MODEL_REFINE, POSTPROCESS
+from mimcast.pipeline.defaults import FRAMES, POSTPROCESS
 
 VARIANTS = FRAMES  # one model per frame
 ACCUMULATORS = "accumulators.json"  # an archive's stored scores, in DIR/evaluation/<archive>/
@@ -212,7 +212,8 @@ def evaluate_all(
 ) -> Path:
     """Stage 3: evaluate every left-out archive, pool per lead step, write the tables.
 
-    ``refine``: the models run on grids this many times finer (None: ``MODEL_REFINE``).
+    ``refine``: the models run on grids this many times finer (None: each checkpoint's
+    training grid decides; :class:`~mimcast.pipeline.forecasters.MIMNetForecaster`).
     """
     from mimcast.pipeline.atomic import atomic_write_json
     from mimcast.pipeline.cube import open_cube, step_minutes
@@ -246,7 +247,7 @@ def evaluate_all(
             for post in POSTPROCESS:
                 label = f"mimnet-{variant}" + ("" if post == "none" else f"-{post}")
                 forecasters[label] = MIMNetForecaster(str(best), device=device, postprocess=post,
-                                                      refine=refine or MODEL_REFINE)  # fmt: skip
+                                                      refine=refine)  # fmt: skip
         for base in baselines:
             forecasters[base] = get_forecaster(base)
         cube = open_cube(cube_path)
@@ -270,7 +271,7 @@ def evaluate_all(
                               step, 1)  # fmt: skip
         by_reference = [[ref, part.state()] for ref, part in zip(plan.refs, parts, strict=True)]
         record = {"archive": name, "step_minutes": step, "inference": _precision(device),
-                  "refine": refine or MODEL_REFINE, "by_reference": by_reference}  # fmt: skip
+                  "refine": refine or "auto", "by_reference": by_reference}  # fmt: skip
         stored_path = out / "evaluation" / name / ACCUMULATORS
         if stored_path.exists():
             record = keep_stored_methods(json.loads(stored_path.read_text()), record)

@@ -31,12 +31,11 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from mimcast.pipeline.cube import GRID_MAPPING, VARIABLE, parse_time, step_minutes
+from mimcast.pipeline.cube import GRID_MAPPING, VARIABLE, parse_time, pixel_metres, step_minutes
 from mimcast.pipeline.cube import observed as cube_observed
 from mimcast.pipeline.defaults import (
     MAP_LEADS,
     MIN_STEP_MINUTES,
-    MODEL_REFINE,
     NOWCAST_METHOD,
     RAIN_THRESHOLD_DBZ,
 )
@@ -247,10 +246,10 @@ def nowcast(
     source: str = "mimcast",
 ) -> xr.Dataset:
     """Return the forecast dataset of ``forecaster`` for ``cube`` at ``options.time``."""
-    from mimcast.pipeline.forecasters import at_time_step
+    from mimcast.pipeline.forecasters import at_pixel_size, at_time_step
 
     options = options or NowcastOptions()
-    forecaster = at_time_step(forecaster, step_minutes(cube))
+    forecaster = at_pixel_size(at_time_step(forecaster, step_minutes(cube)), pixel_metres(cube))
     n_leads = options.leads or forecaster.default_leads
     if n_leads < 1:
         raise NowcastError(f"lead steps must be >= 1, got {n_leads}")
@@ -300,7 +299,7 @@ def run_nowcast(
     steps: int | None = None,
     geotiff: bool = False,
     min_step_minutes: float = MIN_STEP_MINUTES,
-    refine: int = MODEL_REFINE,
+    refine: int | None = None,
 ) -> NowcastOutputs:
     """Nowcast from a Zarr cube with a registered method; write NetCDF (and quicklooks).
 
@@ -310,10 +309,11 @@ def run_nowcast(
     ``min_step_minutes``: on archives with shorter steps, MIMNet's shortest model step and
     the span per step of the frames extrapolation and S-PROG estimate their motion on (every
     k-th frame; see :mod:`~mimcast.pipeline.forecasters`).
-    ``refine``: MIMNet runs on a grid this many times finer than the cube's (``MODEL_REFINE``).
+    ``refine``: MIMNet runs on a grid this many times finer than the cube's (None: near the
+    grid it was trained on; :class:`~mimcast.pipeline.forecasters.MIMNetForecaster`).
     """
     from mimcast.pipeline.cube import open_cube
-    from mimcast.pipeline.forecasters import at_time_step, get_forecaster
+    from mimcast.pipeline.forecasters import at_pixel_size, at_time_step, get_forecaster
     from mimcast.pipeline.netcdf import write_nowcast
 
     cube = open_cube(cube_path)
@@ -321,7 +321,7 @@ def run_nowcast(
     forecaster = get_forecaster(method, checkpoint=str(checkpoint) if checkpoint else None,
                                 device=device, min_step_minutes=min_step_minutes,
                                 postprocess=postprocess, refine=refine)  # fmt: skip
-    forecaster = at_time_step(forecaster, step_minutes(cube))
+    forecaster = at_pixel_size(at_time_step(forecaster, step_minutes(cube)), pixel_metres(cube))
     name = _source_name(cube_path, source)
     forecast = nowcast(cube, forecaster, NowcastOptions(time=time, leads=steps), source=name)
     if method == "mimnet":
@@ -373,14 +373,14 @@ def existing_product(
     """
     from mimcast.models.checkpoint import CheckpointError
     from mimcast.pipeline.cube import CubeError, open_cube
-    from mimcast.pipeline.forecasters import at_time_step, get_forecaster
+    from mimcast.pipeline.forecasters import at_pixel_size, at_time_step, get_forecaster
     from mimcast.pipeline.netcdf import nowcast_filename
 
     try:
         cube = open_cube(cube_path, quiet=True)
         forecaster = get_forecaster(method, checkpoint=str(checkpoint) if checkpoint else None,
                                     min_step_minutes=min_step_minutes)  # fmt: skip
-        forecaster = at_time_step(forecaster, step_minutes(cube))
+        forecaster = at_pixel_size(at_time_step(forecaster, step_minutes(cube)), pixel_metres(cube))
         ref = input_times(cube, forecaster.input_frames, time)[-1]
     except (CubeError, NowcastError, CheckpointError, OSError):
         return None

@@ -100,7 +100,7 @@ def build_pack(
 ) -> Path:
     """Write a training pack of ``cubes`` to ``out`` (see the module docstring)."""
     from mimcast.pipeline.atomic import atomic_path
-    from mimcast.pipeline.cube import VARIABLE, axis_breaks, open_cube, step_minutes
+    from mimcast.pipeline.cube import VARIABLE, axis_breaks, open_cube, pixel_metres, step_minutes
     from mimcast.pipeline.cube import observed as cube_observed
     from mimcast.pipeline.forecasters import MODEL_MOTION_SIDE, frame_stride, motion_field
 
@@ -173,6 +173,7 @@ def build_pack(
         meta["cubes"].append(str(path))
         meta["steps"].append(step_minutes(cube))
         meta["sizes"].append([height, width])
+        meta.setdefault("pixel_m", []).append(pixel_metres(cube))
         meta["strides"].append(every)
         if bar is not None:
             bar.update(1)

@@ -20,6 +20,7 @@ A frame may change model keys for its own models: ``[eulerian.model]`` (or
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -137,7 +138,11 @@ def run_training(
     train_set = RadarSequenceDataset(cubes, config.data, "train")
     val_set = RadarSequenceDataset(cubes, config.data, "val")
     _check_sizes(train_set, val_set, [str(c) for c in cubes], config)
-    return _train(train_set, val_set, [str(c) for c in cubes], out, config, progress, deadline_s)
+    from mimcast.pipeline.cube import open_cube, pixel_metres
+
+    pixels = [pixel_metres(open_cube(c, quiet=True)) for c in cubes]
+    return _train(train_set, val_set, [str(c) for c in cubes], out, config, progress, deadline_s,
+                  pixels)  # fmt: skip
 
 
 def train_from_pack(
@@ -180,7 +185,9 @@ def train_from_pack(
     names = train_set.cube_names()
     used = [names[k] for k in (cubes if cubes is not None else range(len(names)))]
     _check_sizes(train_set, val_set, used, config)
-    return _train(train_set, val_set, used, Path(out_dir), config, progress, deadline_s)
+    known = train_set.meta.get("pixel_m") or [None] * len(names)  # older packs: unknown
+    pixels = [known[k] for k in (cubes if cubes is not None else range(len(names)))]
+    return _train(train_set, val_set, used, Path(out_dir), config, progress, deadline_s, pixels)
 
 
 def _check_sizes(train_set, val_set, cubes: list[str], config: RunConfig) -> None:
@@ -198,8 +205,16 @@ def _check_sizes(train_set, val_set, cubes: list[str], config: RunConfig) -> Non
         )
 
 
+def training_pixel(pixels: list[float | None] | None) -> float | None:
+    """The training grids' spacing a checkpoint records: the median of the cubes' (metres),
+    None when any is unknown."""
+    if not pixels or any(p is None for p in pixels):
+        return None
+    return float(statistics.median(pixels))
+
+
 def _train(train_set, val_set, cubes: list[str], out: Path, config: RunConfig, progress: bool,
-           deadline_s: float | None = None):  # fmt: skip
+           deadline_s: float | None = None, pixels: list[float | None] | None = None):  # fmt: skip
     import json
 
     from mimcast.models.checkpoint import InputConfig
@@ -210,7 +225,7 @@ def _train(train_set, val_set, cubes: list[str], out: Path, config: RunConfig, p
     data = config.data
     inputs = InputConfig(
         data.dbz_min, data.dbz_max, frame=data.frame, motion_frames=data.motion_frames,
-        postprocess=data.postprocess,
+        postprocess=data.postprocess, pixel_m=training_pixel(pixels),
     )  # fmt: skip
     extra = {
         "cubes": cubes,

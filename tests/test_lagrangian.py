@@ -258,6 +258,30 @@ def test_the_model_runs_on_a_finer_grid_and_forecasts_on_the_archives_pixels():
         _tiny_forecaster(refine=0)
 
 
+@pytest.mark.parametrize(("archive_m", "training_m", "refine"),
+                         [(4448, 2000, 2), (2000, 2000, 1), (2900, 2000, 1), (1000, 2000, 1),
+                          (6000, 2000, 3), (None, 2000, 1), (4000, None, 1)])  # fmt: skip
+def test_the_model_runs_near_its_training_grid_by_default(archive_m, training_m, refine):
+    from mimcast.models.checkpoint import InputConfig
+    from mimcast.models.mimnet import MIMNet, MIMNetConfig
+    from mimcast.pipeline.forecasters import at_pixel_size
+
+    config = MIMNetConfig(input_length=4, output_length=3, num_layers=2, num_hidden=8,
+                          filter_size=3, patch_size=4)  # fmt: skip
+    fc = MIMNetForecaster.from_model(MIMNet(config), InputConfig(0.0, 70.0, pixel_m=training_m),
+                                     device="cpu")  # fmt: skip
+    assert at_pixel_size(fc, archive_m).grid_refine == refine
+    assert at_pixel_size(dataclasses.replace(fc, refine=3), archive_m).grid_refine == 3  # given
+    assert at_pixel_size(get_forecaster("extrapolation"), archive_m) is not None  # no-op
+
+
+def test_the_shipped_model_records_its_training_grid():
+    from mimcast.models.checkpoint import read_header
+    from mimcast.pipeline.defaults import SHIPPED_CHECKPOINT
+
+    assert read_header(SHIPPED_CHECKPOINT)[2].pixel_m == 2000.0  # all its cubes: 2 km
+
+
 def test_linear_z_block_means_give_repeated_pixels_back():
     from mimcast.pipeline.forecasters import refined
     from mimcast.pipeline.zr import NO_ECHO_DBZ, coarsen_dbz
@@ -324,11 +348,14 @@ def test_shipped_model_beats_persistence_on_real_radar(unseen_cube):
 def test_real_nowcast_has_no_patch_grid(unseen_cube):
     from mimcast.pipeline.nowcast import NowcastOptions, nowcast
 
-    forecast = nowcast(unseen_cube, MIMNetForecaster(), NowcastOptions(time="latest"))
-    dbz = np.maximum(forecast.reflectivity.values, 0.0)
-    patch = MIMNetForecaster().loaded.model.config.patch_size
-    ratio = patch_seam_ratio(dbz, patch)
-    assert ratio < 1.10, ratio
+    for refine in (1, 2):  # on the archive's grid, and on a twice finer one (the default)
+        fc = MIMNetForecaster(refine=refine)
+        forecast = nowcast(unseen_cube, fc, NowcastOptions(time="latest"))
+        dbz = np.maximum(forecast.reflectivity.values, 0.0)
+        # the model's patches meet every patch / refine archive pixels
+        period = fc.loaded.model.config.patch_size // refine
+        ratio = patch_seam_ratio(dbz, period)
+        assert ratio < 1.10, (refine, ratio)
 
 
 def test_stable_order_equals_a_stable_argsort_ties_and_signs_included():
@@ -438,6 +465,7 @@ def test_a_step_aware_model_is_trained_and_run_with_each_archives_model_step(tmp
     fc = MIMNetForecaster(checkpoint=str(result.best), device="cpu", min_step_minutes=4)
     net = fc.loaded.model
     assert net.config.step_input and net.step_gates.weight.abs().sum() > 0  # it trained
+    assert fc.loaded.inputs.pixel_m == 1000.0  # the training cubes' grid spacing, recorded
     fed = []
     hook = net.step_gates.register_forward_hook(lambda m, args, out: fed.append(args[0]))
     inputs = synthetic_cube(SyntheticConfig(height=64, width=64, frames=12, seed=4,

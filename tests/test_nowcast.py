@@ -348,13 +348,14 @@ def test_cli_nowcast_with_a_checkpoint(cube, model, tmp_path):
         model, tmp_path / "tiny.safetensors", extra={"step": 3}, inputs=InputConfig(0.0, 70.0)
     )
     code = main(["nowcast", str(store), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"),
-                 "--plot", "--leads", "5", "15", "--postprocess", "pm-wet"])  # fmt: skip
+                 "--plot", "--leads", "5", "15", "--postprocess", "pm-wet",
+                 "--refine", "2"])  # fmt: skip
     assert code == 0
     names = sorted(p.name for p in (tmp_path / "o").iterdir())
     stem = "nowcast_c_202407011245"
     assert names == [f"{stem}.gif", f"{stem}.nc", f"{stem}_005min.png", f"{stem}_015min.png"]
     # --postprocess overrides the checkpoint's default ("none"), and the file says which ran,
-    # and that the model ran on a grid twice as fine as the cube's (the default)
+    # and that the model ran on a grid twice as fine as the cube's (--refine)
     with xr.open_dataset(tmp_path / "o" / f"{stem}.nc") as ds:
         assert "post-processing pm-wet" in ds.attrs["source"]
         assert "on a 2x finer grid" in ds.attrs["source"]

@@ -6,11 +6,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from mimcast.flows.common import dask_task_runner, site_settings
-from mimcast.pipeline.defaults import (
-    EVALUATE_EVERY,
-    EVALUATE_METHODS,
-    MIN_STEP_MINUTES,
-)
+from mimcast.pipeline.defaults import EVALUATE_EVERY, EVALUATE_METHODS, MIN_STEP_MINUTES
 from mimcast.pipeline.evaluation import (
     build_forecasters,
     finish_evaluation,

@@ -13,11 +13,7 @@ from prefect.states import Completed, Failed
 
 from mimcast.flows.common import site_settings
 from mimcast.models.checkpoint import CheckpointError
-from mimcast.pipeline.defaults import (
-    FALLBACK_METHOD,
-    MIN_STEP_MINUTES,
-    NOWCAST_METHOD,
-)
+from mimcast.pipeline.defaults import FALLBACK_METHOD, MIN_STEP_MINUTES, NOWCAST_METHOD
 from mimcast.pipeline.nowcast import (
     NoValidDataError,
     NowcastError,

@@ -380,11 +380,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _add_model_inputs(p: argparse.ArgumentParser) -> None:
     """The arguments every command that runs forecast methods takes."""
-    from mimcast.pipeline.defaults import (
-        DEFAULT_LEADS,
-        MIN_STEP_MINUTES,
-        POSTPROCESS,
-    )
+    from mimcast.pipeline.defaults import DEFAULT_LEADS, MIN_STEP_MINUTES, POSTPROCESS
 
     p.add_argument("cube", metavar="CUBE", help="Zarr cube from 'mimcast ingest'")
     p.add_argument("--checkpoint", help="model checkpoint for 'mimnet' (default: the shipped "

@@ -56,7 +56,6 @@ RAIN_THRESHOLD_DBZ = 10.0  # weaker reflectivity gives no rain in the products
 #: On 5- to 10-minute archives longer spans changed little, and not in one direction.
 MIN_STEP_MINUTES = 4.0
 
-
 # ---- models
 #: the frames a model can work in (``[data] frame``); also the `mimcast loao` variants
 FRAMES = ("lagrangian", "eulerian")

@@ -17,11 +17,7 @@ import numpy as np
 import xarray as xr
 
 from mimcast.pipeline.cube import VARIABLE, open_cube, step_minutes
-from mimcast.pipeline.defaults import (
-    EVALUATE_EVERY,
-    EVALUATE_METHODS,
-    MIN_STEP_MINUTES,
-)
+from mimcast.pipeline.defaults import EVALUATE_EVERY, EVALUATE_METHODS, MIN_STEP_MINUTES
 from mimcast.pipeline.forecasters import at_time_step, get_forecaster
 
 log = logging.getLogger(__name__)

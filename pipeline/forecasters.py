@@ -14,7 +14,8 @@ A forecaster may also adapt to the archive's time step: :func:`at_time_step` han
 cube's step in minutes before any of the above is read (nowcast, evaluate and loao do so);
 a forecaster without an ``at_time_step`` method is used as it is. On archives with steps
 shorter than ``min_step_minutes`` MIMNet uses it to run on every k-th frame, and
-extrapolation and S-PROG to estimate their motion on every k-th frame.
+extrapolation and S-PROG to estimate their motion on every k-th frame. Likewise
+:func:`at_pixel_size` hands it the cube's grid spacing; :func:`for_cube` does both.
 
 :func:`get_forecaster` builds one by name (an unknown name raises ``ValueError`` listing the
 known ones); :func:`list_forecasters` lists the names. Nowcast, evaluate, the CLI and the
@@ -352,8 +353,6 @@ class MIMNetForecaster(_ReadsEveryKthFrame):
     min_step_minutes: float = MIN_STEP_MINUTES
     time_step_minutes: float | None = None  # the archive's step (at_time_step); None: unknown
     # the model runs on a grid this many times finer (each pixel repeated), and its forecast
-    # is averaged back to the archive's pixels in linear Z (1: on the archive's grid)
-    # the model runs on a grid this many times finer (each pixel repeated), and its forecast
     # is averaged back to the archive's pixels in linear Z; None: auto_refine of the archive's
     # pixel size (at_pixel_size) and the checkpoint's training grid
     refine: int | None = None
@@ -525,6 +524,15 @@ def at_pixel_size(forecaster, metres: float | None):
     without ``at_pixel_size`` is used as it is)."""
     adapt = getattr(forecaster, "at_pixel_size", None)
     return forecaster if adapt is None else adapt(metres)
+
+
+def for_cube(forecaster, cube, step: float | None = None):
+    """``forecaster`` adapted to ``cube``: its time step (``step`` overrides it) and its pixel
+    size (:func:`at_time_step`, :func:`at_pixel_size`)."""
+    from mimcast.pipeline.cube import pixel_metres, step_minutes
+
+    minutes = step_minutes(cube) if step is None else step
+    return at_pixel_size(at_time_step(forecaster, minutes), pixel_metres(cube))
 
 
 def refined(frames: np.ndarray, factor: int) -> np.ndarray:

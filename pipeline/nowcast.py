@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from mimcast.pipeline.cube import GRID_MAPPING, VARIABLE, parse_time, pixel_metres, step_minutes
+from mimcast.pipeline.cube import GRID_MAPPING, VARIABLE, parse_time, step_minutes
 from mimcast.pipeline.cube import observed as cube_observed
 from mimcast.pipeline.defaults import (
     MAP_LEADS,
@@ -246,10 +246,10 @@ def nowcast(
     source: str = "mimcast",
 ) -> xr.Dataset:
     """Return the forecast dataset of ``forecaster`` for ``cube`` at ``options.time``."""
-    from mimcast.pipeline.forecasters import at_pixel_size, at_time_step
+    from mimcast.pipeline.forecasters import for_cube
 
     options = options or NowcastOptions()
-    forecaster = at_pixel_size(at_time_step(forecaster, step_minutes(cube)), pixel_metres(cube))
+    forecaster = for_cube(forecaster, cube)
     n_leads = options.leads or forecaster.default_leads
     if n_leads < 1:
         raise NowcastError(f"lead steps must be >= 1, got {n_leads}")
@@ -313,7 +313,7 @@ def run_nowcast(
     grid it was trained on; :class:`~mimcast.pipeline.forecasters.MIMNetForecaster`).
     """
     from mimcast.pipeline.cube import open_cube
-    from mimcast.pipeline.forecasters import at_pixel_size, at_time_step, get_forecaster
+    from mimcast.pipeline.forecasters import for_cube, get_forecaster
     from mimcast.pipeline.netcdf import write_nowcast
 
     cube = open_cube(cube_path)
@@ -321,7 +321,7 @@ def run_nowcast(
     forecaster = get_forecaster(method, checkpoint=str(checkpoint) if checkpoint else None,
                                 device=device, min_step_minutes=min_step_minutes,
                                 postprocess=postprocess, refine=refine)  # fmt: skip
-    forecaster = at_pixel_size(at_time_step(forecaster, step_minutes(cube)), pixel_metres(cube))
+    forecaster = for_cube(forecaster, cube)
     name = _source_name(cube_path, source)
     forecast = nowcast(cube, forecaster, NowcastOptions(time=time, leads=steps), source=name)
     if method == "mimnet":
@@ -373,14 +373,14 @@ def existing_product(
     """
     from mimcast.models.checkpoint import CheckpointError
     from mimcast.pipeline.cube import CubeError, open_cube
-    from mimcast.pipeline.forecasters import at_pixel_size, at_time_step, get_forecaster
+    from mimcast.pipeline.forecasters import for_cube, get_forecaster
     from mimcast.pipeline.netcdf import nowcast_filename
 
     try:
         cube = open_cube(cube_path, quiet=True)
         forecaster = get_forecaster(method, checkpoint=str(checkpoint) if checkpoint else None,
                                     min_step_minutes=min_step_minutes)  # fmt: skip
-        forecaster = at_pixel_size(at_time_step(forecaster, step_minutes(cube)), pixel_metres(cube))
+        forecaster = for_cube(forecaster, cube)
         ref = input_times(cube, forecaster.input_frames, time)[-1]
     except (CubeError, NowcastError, CheckpointError, OSError):
         return None

@@ -108,7 +108,8 @@ def build_pack(
     length = config.n_inputs + config.n_outputs
     arrays: dict[str, np.ndarray] = {}
     items: list[tuple[int, int, int, int]] = []
-    meta = {"config": config.__dict__, "cubes": [], "steps": [], "sizes": [], "strides": []}
+    meta = {"config": config.__dict__, "cubes": [], "steps": [], "sizes": [], "strides": [],
+            "pixel_m": []}  # fmt: skip
     rng = np.random.default_rng(config.seed)
     bar = None
     if progress:
@@ -173,7 +174,7 @@ def build_pack(
         meta["cubes"].append(str(path))
         meta["steps"].append(step_minutes(cube))
         meta["sizes"].append([height, width])
-        meta.setdefault("pixel_m", []).append(pixel_metres(cube))
+        meta["pixel_m"].append(pixel_metres(cube))
         meta["strides"].append(every)
         if bar is not None:
             bar.update(1)

@@ -183,10 +183,11 @@ def train_from_pack(
             f"{data.min_step_minutes:g}; rebuild it"
         )
     names = train_set.cube_names()
-    used = [names[k] for k in (cubes if cubes is not None else range(len(names)))]
+    picked = cubes if cubes is not None else range(len(names))
+    used = [names[k] for k in picked]
     _check_sizes(train_set, val_set, used, config)
     known = train_set.meta.get("pixel_m") or [None] * len(names)  # older packs: unknown
-    pixels = [known[k] for k in (cubes if cubes is not None else range(len(names)))]
+    pixels = [known[k] for k in picked]
     return _train(train_set, val_set, used, Path(out_dir), config, progress, deadline_s, pixels)
 
 

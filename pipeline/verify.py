@@ -307,17 +307,15 @@ def score_references(
     """
     import dask
 
-    from mimcast.pipeline.cube import pixel_metres
-    from mimcast.pipeline.forecasters import at_pixel_size, at_time_step
+    from mimcast.pipeline.forecasters import for_cube
 
     options = options or VerifyOptions()
     if not refs:
         raise ValueError("no reference time with complete inputs and targets in the period")
-    # every method learns the archive's step: a step-aware model needs it, and a model on a
-    # short-step archive reads every k-th frame
-    pixel = pixel_metres(cube)  # and its pixel size: a model runs near its training grid
-    forecasters = {label: at_pixel_size(at_time_step(fc, step), pixel)
-                   for label, fc in forecasters.items()}  # fmt: skip
+    # every method learns the archive's step (a step-aware model needs it, and a model on a
+    # short-step archive reads every k-th frame) and its pixel size (a model runs near its
+    # training grid)
+    forecasters = {label: for_cube(fc, cube, step) for label, fc in forecasters.items()}
     task = functools.partial(score_reference, cube, n_inputs=n_inputs, n_leads=n_leads,
                              step=step, forecasters=forecasters, options=options)  # fmt: skip
     tasks = [dask.delayed(task)(ref) for ref in refs]

@@ -298,6 +298,13 @@ def _cmd_loao(args: argparse.Namespace) -> int:
             return tuple(x for x in args.exclude if x != "none")
         return tuple(n for n in ("rmi",) if n in loao.pack_archives(out / "pack.npz"))
 
+    if args.stage == "compare":
+        if args.against is None:
+            raise UsageError("--stage compare needs --against (an earlier loao DIR, or a folder "
+                             "of <archive>.json such as data/loao)")  # fmt: skip
+        target = loao.compare(args.cubes, out, Path(args.against))
+        print(f"comparison: {target.resolve()}")
+        return 0
     if args.only:  # one run, as launched by the train stage for each process
         fold, _, variant = args.only.partition("/")
         names, exclude = [loao.archive_name(c) for c in args.cubes], exclusions()
@@ -600,10 +607,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cubes", nargs="+", metavar="CUBE", help="Zarr cubes, one per archive")
     p.add_argument("--out", required=True, metavar="DIR", help="working and output directory")
     p.add_argument("--config", help="run configuration TOML (e.g. data/real.toml)")
-    p.add_argument("--stage", choices=["pack", "train", "evaluate", "all"], default="all")
+    p.add_argument("--stage", choices=["pack", "train", "evaluate", "all", "compare"],
+                   default="all",
+                   help="compare (not part of all): the models scored into DIR against the "
+                   "same models in the evaluation --against, on the archives named, into "
+                   "DIR/compare/")  # fmt: skip
     p.add_argument(
         "--variants", nargs="+", choices=FRAMES, default=list(FRAMES), help="model frames to train"
     )
+    p.add_argument("--against", metavar="EARLIER",
+                   help="with --stage compare: an earlier loao DIR, or a folder of "
+                   "<archive>.json (data/loao) scored on the same reference times")  # fmt: skip
     p.add_argument("--no-final", action="store_true", help="skip the model to ship")
     p.add_argument("--exclude", nargs="+", metavar="ARCHIVE",
                    help="archives the final model leaves out (default rmi: non-commercial "

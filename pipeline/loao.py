@@ -19,6 +19,11 @@
    they had been evaluated together. Scoring other methods of an archive at the same
    reference times (a variant trained later) adds them to its stored scores.
 
+``--stage compare --against EARLIER`` (not part of ``all``) sets each named archive's models
+as scored into DIR against the same models in an earlier evaluation on the same reference
+times: a retrained fold against the one it replaces, paired forecast for forecast
+(:func:`compare`).
+
 Archives are named by their cube's file name (``rmi.zarr`` -> ``rmi``).
 """
 
@@ -349,6 +354,16 @@ def evaluate_all(
     return out / "pooled"
 
 
+def same_forecasts(a: dict, b: dict) -> bool:
+    """Whether two stored records of an archive's scores (``accumulators.json``) scored the
+    same reference times at the same step and precision, one by one: then their methods
+    are paired, forecast for forecast."""
+    refs = [[ref for ref, _ in r.get("by_reference", [])] for r in (a, b)]
+    return (bool(refs[0]) and refs[0] == refs[1]
+            and a.get("step_minutes") == b.get("step_minutes")
+            and a.get("inference") == b.get("inference"))  # fmt: skip
+
+
 def keep_stored_methods(stored: dict, new: dict) -> dict:
     """``new``'s record of an archive's scores, with the methods ``stored`` (an earlier
     ``accumulators.json`` of the archive) has and ``new`` lacks: scoring one more variant into
@@ -360,11 +375,7 @@ def keep_stored_methods(stored: dict, new: dict) -> dict:
     (``kept``).
     """
     name = new["archive"]
-    same = ([ref for ref, _ in stored.get("by_reference", [])]
-            == [ref for ref, _ in new["by_reference"]]
-            and stored.get("step_minutes") == new["step_minutes"]
-            and stored.get("inference") == new["inference"])  # fmt: skip
-    if not same:
+    if not same_forecasts(stored, new):
         log.info(f"{name}: the stored scores ({stored.get('scored_at')}) are of other reference "
                  "times, step or precision: replaced")  # fmt: skip
         return new
@@ -564,3 +575,120 @@ def summary(out: Path) -> str:
     text = "\n".join(lines) + "\n"
     (out / "summary.md").write_text(text)
     return text
+
+
+BEFORE = "before:"  # label prefix of the earlier evaluation's models in a comparison
+
+
+def _stored_record(where: Path, name: str) -> tuple[Path, dict]:
+    """An archive's stored scores in ``where``: a loao DIR (``evaluation/<name>/``), a folder
+    of ``<name>.json`` (as ``data/loao``), or the file itself."""
+    for path in (where / "evaluation" / name / ACCUMULATORS, where / f"{name}.json", where):
+        if path.is_file():
+            break
+    else:
+        raise FileNotFoundError(f"{where}: no stored scores of {name} (looked for "
+                                f"evaluation/{name}/{ACCUMULATORS} and {name}.json)")  # fmt: skip
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a stored score record ({exc})") from exc
+    if record.get("archive") != name:
+        raise ValueError(f"{path}: holds the scores of {record.get('archive')!r}, not {name!r}")
+    return path, record
+
+
+def compare(cubes: list[str], out: Path, against: Path) -> Path:
+    """Stage ``compare``: each archive's models as scored into ``out`` against the same
+    models in an earlier evaluation (``against``: a loao DIR, or a folder of
+    ``<archive>.json`` such as ``data/loao``), forecast for forecast.
+
+    A retrained fold is scored on the same reference times as the one it replaces, so the
+    two are paired like any two methods: the intervals of :mod:`significance` apply. Both
+    records must have scored the same reference times at the same step and precision
+    (:func:`same_forecasts`); the models compared are the ``mimnet*`` labels both have, and
+    the earlier one is labelled ``before:<label>``. Per archive, and pooled by minutes where
+    several: ``DIR/compare/<archive or pooled>/`` holds scores.csv (the models now and
+    before, and the baselines as scored now), differences.csv (now minus before), skill and
+    difference curves, and report.md with the leads where the models now are ahead.
+    """
+    from mimcast.pipeline.verify import Scores, VerifyOptions, merged
+
+    if not cubes:
+        raise ValueError("compare: name the archives (their cubes) to compare")
+    units: list[tuple[str, dict, str]] = []
+    for cube in cubes:
+        name = archive_name(cube)
+        new_path, new = _stored_record(out, name)
+        old_path, old = _stored_record(against, name)
+        if not same_forecasts(old, new):
+            raise ValueError(f"{name}: {old_path} and {new_path} are not of the same reference "
+                             "times, step and precision; score the new models with the same "
+                             "--max-refs and MIMCAST_BF16 as the earlier ones")  # fmt: skip
+        methods_now = set(new["by_reference"][0][1]["data"])
+        models = [m for m in old["by_reference"][0][1]["data"]
+                  if m.startswith("mimnet") and m in methods_now]  # fmt: skip
+        if not models:
+            raise ValueError(f"{name}: no model label in both {old_path} and {new_path}")
+        by_reference = []
+        for (ref, before), (_, now) in zip(old["by_reference"], new["by_reference"], strict=True):
+            data = {**now["data"], **{BEFORE + m: before["data"][m] for m in models}}
+            by_reference.append([ref, {**now, "data": data}])
+        record = {**new, "by_reference": by_reference}
+        units.append((name, record, f"{old_path} ({old.get('scored_at', '?')})"))
+    target = out / "compare"
+    groups = []
+    for name, record, source in units:
+        parts = [Scores.from_state(state, VerifyOptions()) for _, state in record["by_reference"]]
+        group = _groups(record, merged(parts))["pooled_minutes"]
+        groups.append(group)
+        notes = [f"{name}: models scored into {out} (now) against the same labels in {source} "
+                 f"(`{BEFORE}`), on the same {len(parts)} reference times at "
+                 f"{record['step_minutes']}-min steps"]  # fmt: skip
+        _comparison_report(target / name, f"mimcast: {name}, models now and before", [group],
+                           notes)  # fmt: skip
+    if len(groups) > 1:
+        notes = [f"pooled by minutes over {', '.join(u[0] for u in units)}; intervals resample "
+                 "the archives, then their reference times"]  # fmt: skip
+        _comparison_report(target / "pooled", "mimcast: models now and before, pooled", groups,
+                           notes)  # fmt: skip
+    return target
+
+
+def _comparison_report(target: Path, title: str, groups: list, notes: list[str]) -> None:
+    """scores.csv, differences.csv (models now minus before), figures and report.md."""
+    from mimcast.pipeline.plots import difference_curves, skill_curves
+    from mimcast.pipeline.significance import (
+        LOWER_IS_BETTER,
+        METRICS,
+        differences,
+        label,
+        markdown_section,
+        write_differences_csv,
+    )
+    from mimcast.pipeline.verify import markdown_report, merged, write_scores_csv
+
+    target.mkdir(parents=True, exist_ok=True)
+    rows = merged([p for g in groups for p in g.parts]).table()
+    write_scores_csv(rows, target / "scores.csv")
+    diffs = [r for r in differences(groups) if r["baseline"] == BEFORE + r["method"]]
+    write_differences_csv(diffs, target / "differences.csv")
+    figures = skill_curves(rows, target) + difference_curves(diffs, target)
+    ahead = []
+    for model in dict.fromkeys(r["method"] for r in diffs):
+        cells = []
+        for metric, threshold in METRICS:
+            mine = [r["difference"] for r in diffs if (r["method"], r["metric"], r["threshold"])
+                    == (model, metric, threshold) and np.isfinite(r["difference"])]  # fmt: skip
+            sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+            better = sum(sign * d > 0 for d in mine)
+            cells.append(f"{label(metric, threshold)} {better} of {len(mine)}")
+        ahead.append(f"- {model}: ahead of {BEFORE}{model} at " + ", ".join(cells) + " leads")
+    sections = ["", "## Now against before", "", "Leads where the model now scores better "
+                "than before (point values):", "", *ahead,
+                *markdown_section(diffs)]  # fmt: skip
+    (target / "report.md").write_text(
+        markdown_report(
+            rows, title=title, notes=notes, images=[p.name for p in figures], sections=sections
+        )
+    )

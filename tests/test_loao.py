@@ -212,6 +212,76 @@ def test_pooled_differences_resample_archives_and_their_reference_times(tmp_path
     assert (tmp_path / "pooled" / "differences.png").stat().st_size > 5000
 
 
+def test_a_retrained_fold_is_compared_with_the_one_it_replaces_forecast_for_forecast(tmp_path):
+    # the same reference times scored twice: the model "now" is closer to the truth than
+    # "before"; the baselines are scored now only
+    import numpy as np
+
+    from mimcast.pipeline import loao
+    from mimcast.pipeline.verify import Scores, VerifyOptions
+
+    rng = np.random.default_rng(2)
+    refs = [f"2026-12-06T0{k}:00" for k in range(6)]
+    truth = {(ref, lead): np.where(rng.random((16, 16)) > 0.4, rng.uniform(15, 50, (16, 16)), 0.0)
+             for ref in refs for lead in (10, 20)}  # fmt: skip
+
+    def store(where, name, sigmas, refs=refs):
+        by_reference = []
+        for ref in refs:
+            part = Scores(VerifyOptions())
+            for lead in (10, 20):
+                for method, sigma in sigmas.items():
+                    observed = truth[(ref, lead)]
+                    part.add(method, lead, observed + rng.normal(0, sigma, observed.shape),
+                             observed)  # fmt: skip
+            by_reference.append([ref, part.state()])
+        (where / "evaluation" / name).mkdir(parents=True)
+        record = {"archive": name, "step_minutes": 10, "inference": "fp32",
+                  "scored_at": "2026-12-06T00:00:00Z", "by_reference": by_reference}  # fmt: skip
+        (where / "evaluation" / name / loao.ACCUMULATORS).write_text(json.dumps(record))
+
+    now, before = tmp_path / "now", tmp_path / "before"
+    for name in ("a", "b"):
+        store(now, name, {"mimnet-lagrangian": 2.0, "extrapolation": 6.0})
+        store(before, name, {"mimnet-lagrangian": 9.0, "mimnet-eulerian": 3.0})
+    # an earlier loao DIR (a) or a folder of <archive>.json as data/loao (b): both serve
+    (before / "evaluation" / "b" / loao.ACCUMULATORS).rename(before / "b.json")
+    target = loao.compare(["x/a.zarr", "b.zarr"], now, before)
+    for where in ("a", "b", "pooled"):
+        with (target / where / "differences.csv").open() as fh:
+            rows = list(csv.DictReader(fh))
+        # only the model both have, against its own earlier scores
+        assert {(r["method"], r["baseline"]) for r in rows} == {
+            ("mimnet-lagrangian", "before:mimnet-lagrangian")
+        }
+        mse = {int(r["lead_time"]): r for r in rows if r["metric"] == "MSE"}
+        assert set(mse) == {10, 20}
+        # two archives pooled are too few to resample; one archive's 6 hours are enough
+        verdict = "too few" if where == "pooled" else "better"
+        assert all(float(r["difference"]) < 0 and r["verdict"] == verdict for r in mse.values())
+        with (target / where / "scores.csv").open() as fh:
+            methods = {r["method"] for r in csv.DictReader(fh)}
+        assert methods == {"mimnet-lagrangian", "before:mimnet-lagrangian", "extrapolation"}
+        report = (target / where / "report.md").read_text()
+        assert "ahead of before:mimnet-lagrangian at CSI ≥ 20 dBZ" in report
+        assert "MSE 2 of 2" in report
+        (figure,) = (target / where).glob("differences*.png")
+        assert figure.stat().st_size > 5000
+    assert "6 reference times" in (target / "a" / "report.md").read_text()
+    assert str(before / "b.json") in (target / "b" / "report.md").read_text()
+    # other reference times cannot be paired: said, naming both files
+    store(tmp_path / "other", "a", {"mimnet-lagrangian": 9.0}, refs=refs[:5])
+    with pytest.raises(ValueError, match=r"a: .*other.*accumulators.json and .*now.* same ref"):
+        loao.compare(["a.zarr"], now, tmp_path / "other")
+    with pytest.raises(FileNotFoundError, match="no stored scores of c"):
+        loao.compare(["c.zarr"], now, before)
+    # the command line: --against is required
+    done = subprocess.run(
+        [sys.executable, "-m", "mimcast.pipeline.cli", "loao", "a.zarr", "--out", str(now),
+         "--stage", "compare"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2 and "needs --against" in done.stderr
+
+
 @pytest.mark.slow
 def test_loao_trains_each_fold_in_parallel_and_pools_the_scores(tmp_path):
     cubes = [str(_cube(tmp_path / f"{n}.zarr", 30, s)) for n, s in (("a", 3), ("b", 4))]

@@ -9,7 +9,8 @@ Contract
 ``step_input`` (``pipeline.packs``), and writes into ``out_dir``:
 
 - ``best.safetensors`` / ``last.safetensors``: model checkpoints (``models.checkpoint``),
-  with the step and validation scores in their metadata;
+  with the step and validation scores in their metadata; with ``keep_validated``, also
+  ``step_NNNNNN.safetensors`` at every validation, to choose among afterwards;
 - ``state.safetensors``: everything needed to resume exactly (model, optimiser, scheduler,
   RNG states, epoch and position in the data order), written atomically every
   ``checkpoint_every`` steps; a run started again in the same directory continues from it;
@@ -73,6 +74,7 @@ class TrainConfig:
     reverse_ss: bool = False  # PredRNN-V2 reverse scheduled sampling on the observed frames
     reverse_ss_steps: int = 500  # steps over which reverse sampling reaches the truth
     val_every: int = 250  # validate (and write best/last) every N steps
+    keep_validated: bool = False  # also keep each validated step's weights (step_NNNNNN)
     val_batches: int = 20  # batches per validation (0: the whole validation set)
     checkpoint_every: int = 50  # write the resumable state every N steps
     log_every: int = 10  # log training loss every N steps
@@ -530,6 +532,8 @@ def _validate_and_save(env, model, net, val_loader, model_config, config, dbz_ra
         )
         info = {"step": step, **scores, **(extra or {})}
         last_path = save_checkpoint(model, out / "last.safetensors", extra=info, inputs=inputs)
+        if config.keep_validated:
+            save_checkpoint(model, out / f"step_{step:06d}.safetensors", extra=info, inputs=inputs)
         val = scores.get("val_mse")
         if val is not None and (best is None or val < best):
             best = val

@@ -174,6 +174,30 @@ def test_fifty_steps_lower_the_validation_mse(cube, config_file, tmp_path):
     model, extra = load_checkpoint(result.best)
     assert extra["step"] == 50 and model.config == config.model
     assert (tmp_path / "run" / "training_curves.png").stat().st_size > 10_000
+    assert not list((tmp_path / "run").glob("step_*"))  # keep_validated is off by default
+
+
+def test_keep_validated_leaves_each_validated_steps_weights_to_choose_among(
+    cube, config_file, tmp_path
+):
+    # best.safetensors is chosen on validation MSE; keep_validated keeps every validated step
+    # so that a checkpoint can be chosen afterwards on another score, without retraining
+    config = load_run_config(config_file)
+    train = dataclasses.replace(config.train, max_steps=20, val_every=10, keep_validated=True)
+    result = run_training([cube], tmp_path / "run", dataclasses.replace(config, train=train),
+                          progress=False)  # fmt: skip
+    kept = sorted(p.name for p in (tmp_path / "run").glob("step_*.safetensors"))
+    assert kept == ["step_000010.safetensors", "step_000020.safetensors"]
+    scores = {r["step"]: r["val_mse"] for r in read_metrics(result.metrics)
+              if r.get("event") == "validation"}  # fmt: skip
+    weights = {}
+    for name in kept:
+        model, extra = load_checkpoint(tmp_path / "run" / name)
+        assert extra["val_mse"] == pytest.approx(scores[extra["step"]])
+        weights[extra["step"]] = model.state_dict()
+    last, _ = load_checkpoint(result.last)
+    assert all(torch.equal(v, weights[20][k]) for k, v in last.state_dict().items())
+    assert not all(torch.equal(v, weights[20][k]) for k, v in weights[10].items())
 
 
 def _train_cmd(cube, config_file, out, steps):

@@ -9,8 +9,10 @@ Contract
 ``step_input`` (``pipeline.packs``), and writes into ``out_dir``:
 
 - ``best.safetensors`` / ``last.safetensors``: model checkpoints (``models.checkpoint``),
-  with the step and validation scores in their metadata; with ``keep_validated``, also
-  ``step_NNNNNN.safetensors`` at every validation, to choose among afterwards;
+  with the step and validation scores in their metadata; best is the validated step with the
+  lowest ``val_mse``, or with ``select = "csi_30"`` (say) the highest CSI at 30 dBZ; with
+  ``keep_validated``, also ``step_NNNNNN.safetensors`` at every validation, to choose among
+  afterwards;
 - ``state.safetensors``: everything needed to resume exactly (model, optimiser, scheduler,
   RNG states, epoch and position in the data order), written atomically every
   ``checkpoint_every`` steps; a run started again in the same directory continues from it;
@@ -43,7 +45,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
-from mimcast.models.checkpoint import InputConfig, save_checkpoint
+from mimcast.models.checkpoint import InputConfig, read_header, save_checkpoint
 from mimcast.models.device import (
     check_device_name,
     ddp_backend,
@@ -75,6 +77,7 @@ class TrainConfig:
     reverse_ss_steps: int = 500  # steps over which reverse sampling reaches the truth
     val_every: int = 250  # validate (and write best/last) every N steps
     keep_validated: bool = False  # also keep each validated step's weights (step_NNNNNN)
+    select: str = "val_mse"  # the validation score that picks best: val_mse, or csi_<T>
     val_batches: int = 20  # batches per validation (0: the whole validation set)
     checkpoint_every: int = 50  # write the resumable state every N steps
     log_every: int = 10  # log training loss every N steps
@@ -93,6 +96,18 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)}: must be >= 1")
         check_device_name(self.device)
+        csi = [f"csi_{int(t)}" for t in self.thresholds_dbz]
+        if self.select != "val_mse" and self.select not in csi:
+            raise ValueError(f"TrainConfig.select={self.select!r}: 'val_mse' (lowest wins) or one "
+                             f"of {', '.join(csi)} (highest wins; thresholds_dbz)")  # fmt: skip
+
+
+def selection_score(scores: dict[str, float], select: str) -> float | None:
+    """The validation score ``select`` as lower-is-better (CSI negated); None if missing/NaN."""
+    value = scores.get(select)
+    if value is None or value != value:
+        return None
+    return float(value) if select == "val_mse" else -float(value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -403,6 +418,8 @@ def train(
     if state_path.exists():
         prog = _load_state(state_path, model, opt, sched, gen)
         step, epoch, position, best = prog["step"], prog["epoch"], prog["position"], prog["best"]
+        if prog.get("select", "val_mse") != config.select:  # another score: choose afresh
+            best = None
     if env.main:  # also without a state: a run killed before its first checkpoint logged too
         _truncate_metrics(metrics_path, step)
     net: torch.nn.Module = model
@@ -484,7 +501,7 @@ def train(
                 if env.main and (step % config.checkpoint_every == 0 or end):
                     _save_state(state_path, model, opt, sched, gen,
                                 {"step": step, "epoch": epoch, "position": position,
-                                 "best": best})  # fmt: skip
+                                 "best": best, "select": config.select})  # fmt: skip
                 if env.main and stopped:
                     _log(metrics, {"step": step, "event": "deadline", "deadline_s": deadline_s})
                 if env.world > 1:
@@ -499,7 +516,10 @@ def train(
         if metrics is not None:
             metrics.close()
     curves = plot_curves(metrics_path, out / "training_curves.png") if env.main else None
-    return TrainResult(step, best, best_path, last_path, metrics_path, curves, stopped)
+    best_mse = best
+    if config.select != "val_mse":  # best is then a negated CSI: report the chosen step's MSE
+        best_mse = read_header(best_path)[3].get("val_mse") if best_path is not None else None
+    return TrainResult(step, best_mse, best_path, last_path, metrics_path, curves, stopped)
 
 
 def _unpack(batch, device: torch.device):
@@ -534,7 +554,7 @@ def _validate_and_save(env, model, net, val_loader, model_config, config, dbz_ra
         last_path = save_checkpoint(model, out / "last.safetensors", extra=info, inputs=inputs)
         if config.keep_validated:
             save_checkpoint(model, out / f"step_{step:06d}.safetensors", extra=info, inputs=inputs)
-        val = scores.get("val_mse")
+        val = selection_score(scores, config.select)
         if val is not None and (best is None or val < best):
             best = val
             best_path = save_checkpoint(model, out / "best.safetensors", extra=info, inputs=inputs)

@@ -384,3 +384,28 @@ def test_ddp_backend_is_nccl_only_with_one_gpu_per_process():
     # NCCL refuses two ranks on one GPU: torchrun --nproc_per_node 2 on a 1-GPU machine
     assert ddp_backend("cuda", local_world=2, gpus=1) == "gloo"
     assert ddp_backend("cpu", local_world=2, gpus=0) == "gloo"
+
+
+def test_select_picks_best_on_the_named_validation_score(cube, config_file, tmp_path):
+    from mimcast.models.train import TrainConfig, selection_score
+
+    # lower MSE and lower CSI: the MSE rule prefers the first, the CSI rule the second
+    a, b = {"val_mse": 5.0, "csi_30": 0.40}, {"val_mse": 9.0, "csi_30": 0.55}
+    assert selection_score(a, "val_mse") < selection_score(b, "val_mse")
+    assert selection_score(b, "csi_30") < selection_score(a, "csi_30")
+    assert selection_score({"csi_30": float("nan")}, "csi_30") is None
+    with pytest.raises(ValueError, match="csi_25"):
+        TrainConfig(select="csi_25")  # not one of thresholds_dbz
+    # in a run: best.safetensors is the validated step with the highest CSI at 40 dBZ (the
+    # first of equals), here not the step the MSE rule would take
+    config = load_run_config(config_file)
+    train = dataclasses.replace(config.train, max_steps=30, val_every=10, select="csi_40")
+    result = run_training([cube], tmp_path / "run", dataclasses.replace(config, train=train),
+                          progress=False)  # fmt: skip
+    vals = [r for r in read_metrics(result.metrics) if r.get("event") == "validation"]
+    assert [r["step"] for r in vals] == [10, 20, 30]
+    chosen = max(vals, key=lambda r: r["csi_40"])  # max() keeps the first of equals, as training
+    assert chosen["step"] != min(vals, key=lambda r: r["val_mse"])["step"]
+    _, extra = load_checkpoint(result.best)
+    assert extra["step"] == chosen["step"] and extra["csi_40"] == pytest.approx(chosen["csi_40"])
+    assert result.best_val_mse == pytest.approx(chosen["val_mse"])  # still reports MSE

@@ -96,16 +96,21 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)}: must be >= 1")
         check_device_name(self.device)
-        csi = [f"csi_{int(t)}" for t in self.thresholds_dbz]
+        csi = [csi_key(t) for t in self.thresholds_dbz]
         if self.select != "val_mse" and self.select not in csi:
             raise ValueError(f"TrainConfig.select={self.select!r}: 'val_mse' (lowest wins) or one "
                              f"of {', '.join(csi)} (highest wins; thresholds_dbz)")  # fmt: skip
 
 
+def csi_key(threshold_dbz: float) -> str:
+    """The name of the model's validation CSI at a threshold (``csi_30``), as ``select`` takes."""
+    return f"csi_{int(threshold_dbz)}"
+
+
 def selection_score(scores: dict[str, float], select: str) -> float | None:
     """The validation score ``select`` as lower-is-better (CSI negated); None if missing/NaN."""
     value = scores.get(select)
-    if value is None or value != value:
+    if value is None or math.isnan(value):
         return None
     return float(value) if select == "val_mse" else -float(value)
 
@@ -374,7 +379,7 @@ def validate(
     out = {"val_mse": sums["mse"] / px, "persistence_mse": sums["persistence_mse"] / px}
     for (name, t), (hits, misses, false_alarms) in tables.items():
         denom = hits + misses + false_alarms
-        key = f"csi_{int(t)}" if name == "model" else f"persistence_csi_{int(t)}"
+        key = csi_key(t) if name == "model" else "persistence_" + csi_key(t)
         out[key] = hits / denom if denom else float("nan")
     return out
 

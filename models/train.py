@@ -12,7 +12,7 @@ Contract
   with the step and validation scores in their metadata; best is the validated step with the
   lowest ``val_mse``, or with ``select = "csi_30"`` (say) the highest CSI at 30 dBZ; with
   ``keep_validated``, also ``step_NNNNNN.safetensors`` at every validation, to choose among
-  afterwards;
+  afterwards (running the same run again with another ``select`` re-chooses among them);
 - ``state.safetensors``: everything needed to resume exactly (model, optimiser, scheduler,
   RNG states, epoch and position in the data order), written atomically every
   ``checkpoint_every`` steps; a run started again in the same directory continues from it;
@@ -113,6 +113,32 @@ def selection_score(scores: dict[str, float], select: str) -> float | None:
     if value is None or math.isnan(value):
         return None
     return float(value) if select == "val_mse" else -float(value)
+
+
+def choose_kept(out_dir: str | Path, select: str, up_to: int | None = None):
+    """Choose ``best.safetensors`` afresh among the kept ``step_NNNNNN.safetensors`` of a run.
+
+    Each kept file carries its validation scores, so a run trained with ``keep_validated`` can
+    be re-chosen on another ``select`` without retraining. Steps after ``up_to`` are ignored
+    (a resumed run's files from beyond its state). Copies the winner (first of equals) onto
+    ``best.safetensors`` atomically and returns ``(lower-is-better score, step, path)``, or
+    None when no kept file has the score.
+    """
+    out = Path(out_dir)
+    candidates = []
+    for path in sorted(out.glob("step_*.safetensors")):
+        scores = read_header(path)[3]
+        step = int(scores.get("step", -1))
+        score = selection_score(scores, select)
+        if score is not None and (up_to is None or step <= up_to):
+            candidates.append((score, step, path))
+    if not candidates:
+        return None
+    score, step, path = min(candidates, key=lambda c: (c[0], c[1]))
+    best = out / "best.safetensors"
+    with atomic_path(best) as tmp:
+        tmp.write_bytes(path.read_bytes())
+    return score, step, best
 
 
 # --------------------------------------------------------------------------------------------
@@ -423,8 +449,18 @@ def train(
     if state_path.exists():
         prog = _load_state(state_path, model, opt, sched, gen)
         step, epoch, position, best = prog["step"], prog["epoch"], prog["position"], prog["best"]
-        if prog.get("select", "val_mse") != config.select:  # another score: choose afresh
+        chose = prog.get("select", "val_mse")
+        if chose != config.select:  # another score: choose afresh, among kept steps if any
             best = None
+            kept = choose_kept(out, config.select, up_to=step) if env.main else None
+            if kept is not None:  # the state says so at once: a finished run trains no more
+                best = kept[0]
+                _save_state(state_path, model, opt, sched, gen,
+                            {**prog, "best": best, "select": config.select})  # fmt: skip
+            elif env.main and (out / "best.safetensors").exists():
+                warnings.warn(f"{out}: no kept step has {config.select} (keep_validated was off), "
+                              f"so best.safetensors keeps the step chosen on {chose} until a "
+                              "later validation", stacklevel=2)  # fmt: skip
     if env.main:  # also without a state: a run killed before its first checkpoint logged too
         _truncate_metrics(metrics_path, step)
     net: torch.nn.Module = model

@@ -224,12 +224,16 @@ def _reference_time(text: str) -> str:
 def _cmd_train(args: argparse.Namespace) -> int:
     from mimcast.pipeline.training import load_run_config, run_training
 
-    config = load_run_config(args.config, max_steps=args.max_steps, device=args.device)
+    config = load_run_config(
+        args.config, max_steps=args.max_steps, device=args.device, select=args.select
+    )
     result = run_training(args.cubes, args.out, config, progress=_progress(args),
                           deadline_s=args.deadline_s)  # fmt: skip
     if int(os.environ.get("RANK", "0")) == 0:
         best = f"{result.best_val_mse:.2f} dBZ²" if result.best_val_mse is not None else "n/a"
-        print(f"trained to step {result.step}; best validation MSE {best}")
+        select = config.train.select
+        chosen = "" if select == "val_mse" else f" (best chosen on validation {select})"
+        print(f"trained to step {result.step}; best validation MSE {best}{chosen}")
         if result.stopped:
             print(f"stopped at the deadline ({args.deadline_s:g} s) before step "
                   f"{config.train.max_steps}: run the same command to go on")  # fmt: skip
@@ -288,7 +292,9 @@ def _cmd_loao(args: argparse.Namespace) -> int:
     from mimcast.pipeline import loao
     from mimcast.pipeline.training import load_run_config
 
-    config = load_run_config(args.config, max_steps=args.max_steps, device=args.device)
+    config = load_run_config(
+        args.config, max_steps=args.max_steps, device=args.device, select=args.select
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     variants = tuple(args.variants)
@@ -460,6 +466,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser = add_parser  # every command takes -v/-q
     sub.required = True
+    SELECT_HELP = (
+        "override [train] select: the validation score that picks best.safetensors, "
+        "val_mse (lowest) or csi_<T> (highest); run again on a finished run that "
+        "kept its steps (keep_validated), it re-chooses among them"
+    )
 
     p = sub.add_parser(
         "synth",
@@ -544,6 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "same command goes on (for sessions or job slots of fixed length)")  # fmt: skip
     p.add_argument("--device", type=_device,
                    help="override [train] device (auto, cpu, cuda, cuda:1)")  # fmt: skip
+    p.add_argument("--select", metavar="SCORE", help=SELECT_HELP)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser(
@@ -628,6 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "where it is, runs not started are left; the same command goes on")  # fmt: skip
     p.add_argument("--max-steps", type=_positive_int, help="override [train] max_steps")
     p.add_argument("--final-max-steps", type=_positive_int, help="max_steps of the final model")
+    p.add_argument("--select", metavar="SCORE", help=SELECT_HELP)
     p.add_argument("--max-refs", type=_positive_int, default=6,
                    help="reference times per archive (evenly spread; default 6)")  # fmt: skip
     p.add_argument("--device", type=_device,

@@ -172,7 +172,9 @@ def train_all(
             fold, variant = pending.pop(0)
             cmd = [sys.executable, "-m", "mimcast.pipeline.cli", "loao", *cubes, "--out",
                    str(out), "--stage", "train", "--only", f"{fold}/{variant}", "--quiet",
-                   "--exclude", *(exclude or ("none",))]  # fmt: skip
+                   "--exclude", *(exclude or ("none",)),
+                   # the overrides given to this command, as the runs in this process get them
+                   "--select", config.train.select, "--device", config.train.device]  # fmt: skip
             if config_path:
                 cmd += ["--config", config_path]
             if steps := steps_of(fold):

@@ -409,3 +409,39 @@ def test_select_picks_best_on_the_named_validation_score(cube, config_file, tmp_
     _, extra = load_checkpoint(result.best)
     assert extra["step"] == chosen["step"] and extra["csi_40"] == pytest.approx(chosen["csi_40"])
     assert result.best_val_mse == pytest.approx(chosen["val_mse"])  # still reports MSE
+
+
+def test_a_finished_run_is_chosen_afresh_among_its_kept_steps_by_select(cube, tmp_path, capsys):
+    # trained on validation MSE with keep_validated; `mimcast train --select csi_40` run again
+    # on the finished run re-chooses best.safetensors among the kept steps without training,
+    # and --select val_mse puts the MSE choice back (the state recorded the switch)
+    from mimcast.pipeline.cli import main
+
+    config_file = tmp_path / "kept.toml"
+    config_file.write_text(
+        TINY_TOML.replace("val_every = 50", "val_every = 10\nkeep_validated = true")
+    )
+    run = tmp_path / "run"
+    result = run_training([cube], run, load_run_config(config_file, max_steps=30), progress=False)
+    vals = {r["step"]: r for r in read_metrics(result.metrics) if r.get("event") == "validation"}
+    by_mse = min(vals.values(), key=lambda r: r["val_mse"])["step"]
+    by_csi = max(vals.values(), key=lambda r: r["csi_40"])["step"]  # first of equals
+    assert by_mse != by_csi
+    assert load_checkpoint(result.best)[1]["step"] == by_mse
+    lines = result.metrics.read_text().count("\n")
+
+    def train_selecting(select):
+        args = ["train", str(cube), "--config", str(config_file), "--out", str(run),
+                "--max-steps", "30", "--select", select, "-q"]  # fmt: skip
+        assert main(args) == 0
+        return load_checkpoint(run / "best.safetensors")
+
+    model, extra = train_selecting("csi_40")
+    assert extra["step"] == by_csi
+    kept, _ = load_checkpoint(run / f"step_{by_csi:06d}.safetensors")
+    assert all(torch.equal(v, kept.state_dict()[k]) for k, v in model.state_dict().items())
+    out = capsys.readouterr().out
+    assert f"best validation MSE {vals[by_csi]['val_mse']:.2f}" in out  # the chosen step's
+    assert "chosen on validation csi_40" in out
+    assert result.metrics.read_text().count("\n") == lines  # no step was trained
+    assert train_selecting("val_mse")[1]["step"] == by_mse

@@ -95,8 +95,10 @@ def load_run_config(path: str | Path | None = None, **train_overrides: Any) -> R
             )
     model = from_mapping(MIMNetConfig, model_doc, where=f"{path} [model]")
     train_doc = dict(doc.get("train", {}))
-    train_doc.update({k: v for k, v in train_overrides.items() if v is not None})
-    train = from_mapping(TrainConfig, train_doc, where=f"{path} [train]")
+    given = {k: v for k, v in train_overrides.items() if v is not None}
+    train_doc.update(given)
+    where = f"{path} [train]" + (f" (overridden: {', '.join(sorted(given))})" if given else "")
+    train = from_mapping(TrainConfig, train_doc, where=where)
     config = RunConfig(model, data, train, frame_model)
     for frame in FRAMES:  # a mistake in any frame's table fails now, naming the file
         try:

@@ -445,3 +445,15 @@ def test_a_finished_run_is_chosen_afresh_among_its_kept_steps_by_select(cube, tm
     assert "chosen on validation csi_40" in out
     assert result.metrics.read_text().count("\n") == lines  # no step was trained
     assert train_selecting("val_mse")[1]["step"] == by_mse
+    bad = [
+        "train",
+        str(cube),
+        "--config",
+        str(config_file),
+        "--out",
+        str(run),
+        "--select",
+        "csi_25",
+    ]
+    assert main(bad) == 2  # a usage error that says the value came from the command, not the file
+    assert "[train] (overridden: select): TrainConfig.select='csi_25'" in capsys.readouterr().err

@@ -121,8 +121,8 @@ def choose_kept(out_dir: str | Path, select: str, up_to: int | None = None):
     Each kept file carries its validation scores, so a run trained with ``keep_validated`` can
     be re-chosen on another ``select`` without retraining. Steps after ``up_to`` are ignored
     (a resumed run's files from beyond its state). Copies the winner (first of equals) onto
-    ``best.safetensors`` atomically and returns ``(lower-is-better score, step, path)``, or
-    None when no kept file has the score.
+    ``best.safetensors`` atomically and returns its lower-is-better score (``selection_score``),
+    or None when no kept file has the score.
     """
     out = Path(out_dir)
     candidates = []
@@ -134,11 +134,10 @@ def choose_kept(out_dir: str | Path, select: str, up_to: int | None = None):
             candidates.append((score, step, path))
     if not candidates:
         return None
-    score, step, path = min(candidates, key=lambda c: (c[0], c[1]))
-    best = out / "best.safetensors"
-    with atomic_path(best) as tmp:
+    score, _, path = min(candidates, key=lambda c: (c[0], c[1]))
+    with atomic_path(out / "best.safetensors") as tmp:
         tmp.write_bytes(path.read_bytes())
-    return score, step, best
+    return score
 
 
 # --------------------------------------------------------------------------------------------
@@ -365,6 +364,7 @@ class TrainResult:
     metrics: Path
     curves: Path | None
     stopped: bool = False  # stopped at the deadline before max_steps (the same call resumes)
+    best_scores: dict[str, float] | None = None  # the validation scores in best's header (step too)
 
 
 def validate(
@@ -454,7 +454,7 @@ def train(
             best = None
             kept = choose_kept(out, config.select, up_to=step) if env.main else None
             if kept is not None:  # the state says so at once: a finished run trains no more
-                best = kept[0]
+                best = kept
                 _save_state(state_path, model, opt, sched, gen,
                             {**prog, "best": best, "select": config.select})  # fmt: skip
             elif env.main and (out / "best.safetensors").exists():
@@ -557,10 +557,12 @@ def train(
         if metrics is not None:
             metrics.close()
     curves = plot_curves(metrics_path, out / "training_curves.png") if env.main else None
-    best_mse = best
-    if config.select != "val_mse":  # best is then a negated CSI: report the chosen step's MSE
-        best_mse = read_header(best_path)[3].get("val_mse") if best_path is not None else None
-    return TrainResult(step, best_mse, best_path, last_path, metrics_path, curves, stopped)
+    best_scores = read_header(best_path)[3] if best_path is not None else None
+    best_mse = best  # with a CSI select, best is a negated CSI: report the chosen step's MSE
+    if config.select != "val_mse":
+        best_mse = best_scores.get("val_mse") if best_scores is not None else None
+    return TrainResult(step, best_mse, best_path, last_path, metrics_path, curves, stopped,
+                       best_scores)  # fmt: skip
 
 
 def _unpack(batch, device: torch.device):

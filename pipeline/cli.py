@@ -231,9 +231,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
                           deadline_s=args.deadline_s)  # fmt: skip
     if int(os.environ.get("RANK", "0")) == 0:
         best = f"{result.best_val_mse:.2f} dBZ²" if result.best_val_mse is not None else "n/a"
-        select = config.train.select
-        chosen = "" if select == "val_mse" else f" (best chosen on validation {select})"
-        print(f"trained to step {result.step}; best validation MSE {best}{chosen}")
+        scores, select = result.best_scores or {}, config.train.select
+        at = f" at step {int(scores['step'])}" if "step" in scores else ""
+        chosen = ""
+        if select != "val_mse":
+            value = f" {scores[select]:.3f}" if select in scores else ""
+            chosen = f" (best chosen on validation {select}{value})"
+        print(f"trained to step {result.step}; best validation MSE {best}{at}{chosen}")
         if result.stopped:
             print(f"stopped at the deadline ({args.deadline_s:g} s) before step "
                   f"{config.train.max_steps}: run the same command to go on")  # fmt: skip

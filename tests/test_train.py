@@ -441,19 +441,12 @@ def test_a_finished_run_is_chosen_afresh_among_its_kept_steps_by_select(cube, tm
     kept, _ = load_checkpoint(run / f"step_{by_csi:06d}.safetensors")
     assert all(torch.equal(v, kept.state_dict()[k]) for k, v in model.state_dict().items())
     out = capsys.readouterr().out
-    assert f"best validation MSE {vals[by_csi]['val_mse']:.2f}" in out  # the chosen step's
-    assert "chosen on validation csi_40" in out
+    chosen = vals[by_csi]  # its MSE, step and CSI are printed
+    assert f"best validation MSE {chosen['val_mse']:.2f} dBZ² at step {by_csi} " in out
+    assert f"(best chosen on validation csi_40 {chosen['csi_40']:.3f})" in out
     assert result.metrics.read_text().count("\n") == lines  # no step was trained
     assert train_selecting("val_mse")[1]["step"] == by_mse
-    bad = [
-        "train",
-        str(cube),
-        "--config",
-        str(config_file),
-        "--out",
-        str(run),
-        "--select",
-        "csi_25",
-    ]
+    bad = ["train", str(cube), "--config", str(config_file), "--out", str(run),
+           "--select", "csi_25"]  # fmt: skip
     assert main(bad) == 2  # a usage error that says the value came from the command, not the file
     assert "[train] (overridden: select): TrainConfig.select='csi_25'" in capsys.readouterr().err

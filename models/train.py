@@ -45,7 +45,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
-from mimcast.models.checkpoint import InputConfig, read_header, save_checkpoint
+from mimcast.models.checkpoint import InputConfig, open_checkpoint, read_header, save_checkpoint
 from mimcast.models.device import (
     check_device_name,
     ddp_backend,
@@ -115,7 +115,19 @@ def selection_score(scores: dict[str, float], select: str) -> float | None:
     return float(value) if select == "val_mse" else -float(value)
 
 
-def choose_kept(out_dir: str | Path, select: str, up_to: int | None = None):
+def kept_steps(out_dir: str | Path, up_to: int | None = None) -> list[tuple[int, Path, dict]]:
+    """The kept ``step_NNNNNN.safetensors`` of a run (``keep_validated``) as ``(step, path,
+    scores)`` in step order; steps after ``up_to`` are left out."""
+    kept = []
+    for path in sorted(Path(out_dir).glob("step_*.safetensors")):
+        scores = read_header(path)[3]
+        step = int(scores.get("step", -1))
+        if up_to is None or step <= up_to:
+            kept.append((step, path, scores))
+    return sorted(kept, key=lambda k: k[0])
+
+
+def choose_kept(out_dir: str | Path, select: str, up_to: int | None = None) -> float | None:
     """Choose ``best.safetensors`` afresh among the kept ``step_NNNNNN.safetensors`` of a run.
 
     Each kept file carries its validation scores, so a run trained with ``keep_validated`` can
@@ -124,20 +136,52 @@ def choose_kept(out_dir: str | Path, select: str, up_to: int | None = None):
     ``best.safetensors`` atomically and returns its lower-is-better score (``selection_score``),
     or None when no kept file has the score.
     """
-    out = Path(out_dir)
     candidates = []
-    for path in sorted(out.glob("step_*.safetensors")):
-        scores = read_header(path)[3]
-        step = int(scores.get("step", -1))
+    for step, path, scores in kept_steps(out_dir, up_to):
         score = selection_score(scores, select)
-        if score is not None and (up_to is None or step <= up_to):
+        if score is not None:
             candidates.append((score, step, path))
     if not candidates:
         return None
     score, _, path = min(candidates, key=lambda c: (c[0], c[1]))
-    with atomic_path(out / "best.safetensors") as tmp:
+    with atomic_path(Path(out_dir) / "best.safetensors") as tmp:
         tmp.write_bytes(path.read_bytes())
     return score
+
+
+def average_kept(out_dir: str | Path, from_step: int, path: str | Path | None = None) -> Path:
+    """Average the weights of a run's kept steps from ``from_step`` on into one checkpoint.
+
+    Averaging the weights met along the end of a schedule (Polyak averaging; SWA, Izmailov et
+    al. 2018) gives a network between those steps that often generalises better than any one
+    of them. Writes ``path`` (default ``average.safetensors`` in the run) atomically; its
+    header names the averaged steps and carries no validation scores (the average was not
+    validated). Raises ValueError with fewer than two kept steps from ``from_step``.
+    """
+    out = Path(out_dir)
+    kept = [(step, p) for step, p, _ in kept_steps(out) if step >= from_step]
+    if len(kept) < 2:
+        found = ", ".join(str(step) for step, _, _ in kept_steps(out)) or "none"
+        raise ValueError(f"{out}: {len(kept)} kept step(s) from step {from_step} (kept: "
+                         f"{found}); averaging needs two or more (train with keep_validated = "
+                         "true)")  # fmt: skip
+    ckpts = [open_checkpoint(p) for _, p in kept]
+    last = ckpts[-1]
+    for (step, p), c in zip(kept, ckpts, strict=True):
+        if (c.name, c.model.config, c.inputs) != (last.name, last.model.config, last.inputs):
+            raise ValueError(f"{p}: step {step} is another model or input setting than step "
+                             f"{kept[-1][0]}; only steps of one run can be averaged")  # fmt: skip
+    states = [c.model.state_dict() for c in ckpts]
+    averaged = {}
+    for key, value in states[-1].items():  # integer buffers (if any) keep the last step's
+        if value.is_floating_point():
+            value = torch.stack([s[key].double() for s in states]).mean(0).to(value.dtype)
+        averaged[key] = value
+    last.model.load_state_dict(averaged)
+    extra = {k: v for k, v in last.extra.items() if k in ("cubes", "train_windows", "val_windows")}
+    extra.update(step=kept[-1][0], averaged_steps=[step for step, _ in kept])
+    return save_checkpoint(last.model, path or out / "average.safetensors", extra,
+                           inputs=last.inputs)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------

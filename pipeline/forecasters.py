@@ -420,8 +420,11 @@ class MIMNetForecaster(_ReadsEveryKthFrame):
                      "minute model steps")  # fmt: skip
         r = self.grid_refine
         finer = f", on a {r}x finer grid" if r > 1 else ""
-        return (f"{Path(self.checkpoint).name} (step {ckpt.extra.get('step', '?')}, "
-                f"{ckpt.inputs.frame}, post-processing {post}{every}{finer})")  # fmt: skip
+        steps = ckpt.extra.get("averaged_steps")  # from 'mimcast average'
+        step = (f"steps {steps[0]}-{steps[-1]} averaged" if steps
+                else f"step {ckpt.extra.get('step', '?')}")  # fmt: skip
+        return (f"{Path(self.checkpoint).name} ({step}, {ckpt.inputs.frame}, post-processing "
+                f"{post}{every}{finer})")  # fmt: skip
 
     def __call__(self, inputs: np.ndarray, n_leads: int) -> np.ndarray:
         ckpt = self.loaded

@@ -437,6 +437,8 @@ def test_a_file_name_with_a_newline_cannot_forge_output(archive, tmp_path):
         (["evaluate", "C", "--out", "O", "--every", "-1"], "--every: -1 must be >= 1"),
         (["evaluate", "C", "--out", "O", "--start", "notiso"], "--start: 'notiso' is not an ISO"),
         (["demo", "--frames", "0"], "--frames: 0 must be >= 1"),
+        (["average", "O"], "out: not a run directory"),
+        (["average", "O", "--from", "0"], "--from: 0 must be >= 1"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(archive, tmp_path, args, fragment):

@@ -21,6 +21,7 @@ from mimcast.models.mimnet import MIMNet
 from mimcast.models.train import EpochSampler, masked_loss, read_metrics, validate
 from mimcast.pipeline import loao
 from mimcast.pipeline.config import ConfigError
+from mimcast.pipeline.forecasters import MIMNetForecaster
 from mimcast.pipeline.ingest import ingest
 from mimcast.pipeline.sequences import RadarSequenceDataset
 from mimcast.pipeline.synthetic import SyntheticConfig, write_archive
@@ -450,3 +451,32 @@ def test_a_finished_run_is_chosen_afresh_among_its_kept_steps_by_select(cube, tm
            "--select", "csi_25"]  # fmt: skip
     assert main(bad) == 2  # a usage error that says the value came from the command, not the file
     assert "[train] (overridden: select): TrainConfig.select='csi_25'" in capsys.readouterr().err
+
+
+def test_mimcast_average_writes_the_mean_of_a_runs_kept_steps(cube, tmp_path, capsys):
+    # `mimcast average RUN`: the element-wise mean of the kept steps in the last 40 % of the
+    # schedule (20 and 30 of 30), with no validation scores claimed; with fewer than two kept
+    # steps from --from, a usage error that lists the kept ones
+    from mimcast.pipeline.cli import main
+
+    config_file = tmp_path / "kept.toml"
+    config_file.write_text(
+        TINY_TOML.replace("val_every = 50", "val_every = 10\nkeep_validated = true")
+    )
+    run = tmp_path / "run"
+    run_training([cube], run, load_run_config(config_file, max_steps=30), progress=False)
+    assert main(["average", str(run)]) == 0
+    assert f"averaged steps 20, 30: {run / 'average.safetensors'}" in capsys.readouterr().out
+    model, extra = load_checkpoint(run / "average.safetensors")
+    assert extra["averaged_steps"] == [20, 30] and extra["step"] == 30
+    assert "val_mse" not in extra  # the average was not validated
+    a, b = (load_checkpoint(run / f"step_{s:06d}.safetensors")[0].state_dict() for s in (20, 30))
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # the two steps differ
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, (a[key] + b[key]) / 2)
+    forecaster = MIMNetForecaster(checkpoint=str(run / "average.safetensors"), device="cpu")
+    assert "average.safetensors (steps 20-30 averaged, " in forecaster.describe()
+    other = tmp_path / "x.safetensors"
+    assert main(["average", str(run), "--from", "30", "--out", str(other)]) == 2
+    assert "1 kept step(s) from step 30 (kept: 10, 20, 30)" in capsys.readouterr().err
+    assert not other.exists()

@@ -249,6 +249,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_average(args: argparse.Namespace) -> int:
+    from mimcast.models.checkpoint import read_header
     from mimcast.models.train import average_kept
 
     run = Path(args.run)
@@ -266,8 +267,6 @@ def _cmd_average(args: argparse.Namespace) -> int:
         path = average_kept(run, start, args.out)
     except ValueError as err:
         raise UsageError(str(err)) from err
-    from mimcast.models.checkpoint import read_header
-
     steps = read_header(path)[3]["averaged_steps"]
     print(f"averaged steps {', '.join(map(str, steps))}: {path}")
     return 0
@@ -594,9 +593,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="average the weights of a run's kept steps into one checkpoint",
         description="Average the weights of the steps a run kept at its validations "
         "([train] keep_validated) from --from on into one checkpoint, for nowcast, evaluate "
-        "and serve (--checkpoint). On the real-radar recipe the average of the last 40 %% of "
-        "the schedule scored better on held-out archives than any one step of it (model "
-        "card). The average is not validated: its header names the steps and has no scores.",
+        "and serve (--checkpoint). On the real-radar recipe the average of the last 40 % of "
+        "the schedule scored better on held-out archives than the step chosen on validation "
+        "MSE (model card). The average is not validated: its header names the steps and has "
+        "no scores.",
     )
     p.add_argument("run", metavar="RUN_DIR", help="a run directory of 'mimcast train'")
     p.add_argument("--from", dest="from_step", type=_positive_int, metavar="STEP",

@@ -165,19 +165,22 @@ def average_kept(out_dir: str | Path, from_step: int, path: str | Path | None = 
         raise ValueError(f"{out}: {len(kept)} kept step(s) from step {from_step} (kept: "
                          f"{found}); averaging needs two or more (train with keep_validated = "
                          "true)")  # fmt: skip
-    ckpts = [open_checkpoint(p) for _, p in kept]
-    last = ckpts[-1]
-    for (step, p), c in zip(kept, ckpts, strict=True):
-        if (c.name, c.model.config, c.inputs) != (last.name, last.model.config, last.inputs):
+    first, total = None, {}
+    for step, p in kept:  # one checkpoint in memory at a time: a running sum
+        ckpt = open_checkpoint(p)
+        setting = (ckpt.name, ckpt.model.config, ckpt.inputs)
+        first = first or (setting, step)
+        if setting != first[0]:
             raise ValueError(f"{p}: step {step} is another model or input setting than step "
-                             f"{kept[-1][0]}; only steps of one run can be averaged")  # fmt: skip
-    states = [c.model.state_dict() for c in ckpts]
-    averaged = {}
-    for key, value in states[-1].items():  # integer buffers (if any) keep the last step's
-        if value.is_floating_point():
-            value = torch.stack([s[key].double() for s in states]).mean(0).to(value.dtype)
-        averaged[key] = value
-    last.model.load_state_dict(averaged)
+                             f"{first[1]}; only steps of one run can be averaged")  # fmt: skip
+        for key, value in ckpt.model.state_dict().items():  # integer buffers: the last step's
+            is_float = value.is_floating_point()
+            total[key] = total.get(key, 0) + value.double() if is_float else value
+    last = ckpt  # the last step's model, inputs and header carry the average
+    dtypes = {key: value.dtype for key, value in last.model.state_dict().items()}
+    last.model.load_state_dict({key: (value / len(kept)).to(dtypes[key])
+                                if value.is_floating_point() else value
+                                for key, value in total.items()})  # fmt: skip
     extra = {k: v for k, v in last.extra.items() if k in ("cubes", "train_windows", "val_windows")}
     extra.update(step=kept[-1][0], averaged_steps=[step for step, _ in kept])
     return save_checkpoint(last.model, path or out / "average.safetensors", extra,

@@ -119,7 +119,7 @@ def kept_steps(out_dir: str | Path, up_to: int | None = None) -> list[tuple[int,
     """The kept ``step_NNNNNN.safetensors`` of a run (``keep_validated``) as ``(step, path,
     scores)`` in step order; steps after ``up_to`` are left out."""
     kept = []
-    for path in sorted(Path(out_dir).glob("step_*.safetensors")):
+    for path in Path(out_dir).glob("step_*.safetensors"):
         scores = read_header(path)[3]
         step = int(scores.get("step", -1))
         if up_to is None or step <= up_to:
@@ -159,9 +159,10 @@ def average_kept(out_dir: str | Path, from_step: int, path: str | Path | None = 
     validated). Raises ValueError with fewer than two kept steps from ``from_step``.
     """
     out = Path(out_dir)
-    kept = [(step, p) for step, p, _ in kept_steps(out) if step >= from_step]
+    every = kept_steps(out)
+    kept = [(step, p) for step, p, _ in every if step >= from_step]
     if len(kept) < 2:
-        found = ", ".join(str(step) for step, _, _ in kept_steps(out)) or "none"
+        found = ", ".join(str(step) for step, _, _ in every) or "none"
         raise ValueError(f"{out}: {len(kept)} kept step(s) from step {from_step} (kept: "
                          f"{found}); averaging needs two or more (train with keep_validated = "
                          "true)")  # fmt: skip
@@ -177,9 +178,8 @@ def average_kept(out_dir: str | Path, from_step: int, path: str | Path | None = 
             is_float = value.is_floating_point()
             total[key] = total.get(key, 0) + value.double() if is_float else value
     last = ckpt  # the last step's model, inputs and header carry the average
-    dtypes = {key: value.dtype for key, value in last.model.state_dict().items()}
-    last.model.load_state_dict({key: (value / len(kept)).to(dtypes[key])
-                                if value.is_floating_point() else value
+    # loading copies each float64 mean into its parameter's own dtype
+    last.model.load_state_dict({key: value / len(kept) if value.is_floating_point() else value
                                 for key, value in total.items()})  # fmt: skip
     extra = {k: v for k, v in last.extra.items() if k in ("cubes", "train_windows", "val_windows")}
     extra.update(step=kept[-1][0], averaged_steps=[step for step, _ in kept])

@@ -45,7 +45,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
-from mimcast.models.checkpoint import InputConfig, open_checkpoint, read_header, save_checkpoint
+from mimcast.models.checkpoint import (
+    CheckpointError,
+    InputConfig,
+    open_checkpoint,
+    read_header,
+    save_checkpoint,
+)
 from mimcast.models.device import (
     check_device_name,
     ddp_backend,
@@ -88,6 +94,7 @@ class TrainConfig:
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower)
     thresholds_dbz: tuple[float, ...] = (20.0, 30.0, 40.0)  # CSI thresholds in validation
+    init: str = ""  # a checkpoint whose weights start the run (fine-tuning); fresh optimiser
 
     def __post_init__(self) -> None:
         if self.loss not in ("mse+mae", "balanced"):
@@ -185,6 +192,30 @@ def average_kept(out_dir: str | Path, from_step: int, path: str | Path | None = 
     extra.update(step=kept[-1][0], averaged_steps=[step for step, _ in kept])
     return save_checkpoint(last.model, path or out / "average.safetensors", extra,
                            inputs=last.inputs)  # fmt: skip
+
+
+def init_weights(model: MIMNet, path: str | Path, inputs: InputConfig) -> None:
+    """Start ``model`` from the weights of checkpoint ``path`` (``TrainConfig.init``).
+
+    The checkpoint must hold the same model configuration and read its inputs the same way
+    (frame, dBZ range, motion frames): a model trained on other inputs would be fine-tuned on
+    data it misreads. Raises CheckpointError naming the file and the first difference. A run
+    that resumes does not read it: its state holds its weights, so resuming stays exact.
+    """
+    ckpt = open_checkpoint(path)
+    if ckpt.model.config != model.config:
+        ours, theirs = dataclasses.asdict(model.config), dataclasses.asdict(ckpt.model.config)
+        diff = next(k for k in ours if ours[k] != theirs.get(k))
+        raise CheckpointError(f"{path}: cannot start this run from it: model {diff} = "
+                              f"{theirs.get(diff)!r}, the run's [model] has "
+                              f"{ours[diff]!r}")  # fmt: skip
+    for field in ("frame", "dbz_min", "dbz_max", "motion_frames"):
+        theirs, ours = getattr(ckpt.inputs, field), getattr(inputs, field)
+        if theirs != ours:
+            raise CheckpointError(f"{path}: cannot start this run from it: it was trained "
+                                  f"with {field} = {theirs!r}, this run's data has "
+                                  f"{ours!r}")  # fmt: skip
+    model.load_state_dict(ckpt.model.state_dict())
 
 
 # --------------------------------------------------------------------------------------------
@@ -487,11 +518,16 @@ def train(
     if config.deterministic:
         torch.use_deterministic_algorithms(True)
     torch.manual_seed(config.seed)
-    model = MIMNet(model_config).to(env.device)
+    state_path, metrics_path = out / "state.safetensors", out / "metrics.jsonl"
+    model = MIMNet(model_config)
+    if config.init:  # a resumed run has its own weights in its state
+        if not state_path.exists():
+            init_weights(model, config.init, inputs)
+        extra = {**(extra or {}), "init": str(config.init)}  # provenance in every header
+    model = model.to(env.device)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, config))
     gen = torch.Generator().manual_seed(config.seed * 1000 + 7 + env.rank)
-    state_path, metrics_path = out / "state.safetensors", out / "metrics.jsonl"
     step, epoch, position, best = 0, 0, 0, None
     if state_path.exists():
         prog = _load_state(state_path, model, opt, sched, gen)

@@ -226,9 +226,8 @@ def _reference_time(text: str) -> str:
 def _cmd_train(args: argparse.Namespace) -> int:
     from mimcast.pipeline.training import load_run_config, run_training
 
-    config = load_run_config(
-        args.config, max_steps=args.max_steps, device=args.device, select=args.select
-    )
+    config = load_run_config(args.config, max_steps=args.max_steps, device=args.device,
+                             select=args.select, init=args.init)  # fmt: skip
     result = run_training(args.cubes, args.out, config, progress=_progress(args),
                           deadline_s=args.deadline_s)  # fmt: skip
     if int(os.environ.get("RANK", "0")) == 0:
@@ -586,6 +585,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=_device,
                    help="override [train] device (auto, cpu, cuda, cuda:1)")  # fmt: skip
     p.add_argument("--select", metavar="SCORE", help=SELECT_HELP)
+    p.add_argument("--init", metavar="CHECKPOINT",
+                   help="override [train] init: start from this checkpoint's weights (e.g. "
+                   "fine-tune data/mimnet_real.safetensors on your own archive with the "
+                   "[model] and [data] it was trained with); fresh optimiser")  # fmt: skip
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser(

@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from mimcast.pipeline.config import ConfigError
 from mimcast.pipeline.defaults import FRAMES, POSTPROCESS
 
 VARIANTS = FRAMES  # one model per frame
@@ -117,8 +118,23 @@ def train_one(pack: Path, out: Path, config, fold: str, variant: str, names: lis
     else:
         keep = [k for k, n in enumerate(names) if n != fold]
     cfg = _variant_config(config, variant)
+    _check_init(cfg.train.init, fold, exclude)
     return train_from_pack(pack, run_dir(out, fold, variant), cfg, cubes=keep,
                            progress=progress, device=device, deadline_s=deadline_s)  # fmt: skip
+
+
+def _check_init(init: str, fold: str, exclude: tuple[str, ...]) -> None:
+    """A run that holds archives out must not start from weights that saw them."""
+    if not init:
+        return
+    from mimcast.models.checkpoint import read_header
+
+    seen = {archive_name(c) for c in read_header(init)[3].get("cubes", [])}
+    held = sorted(seen & ({*exclude} if fold == "final" else {fold}))
+    if held:
+        raise ConfigError(f"[train] init = {init}: it was trained on {', '.join(held)}, which "
+                          f"this run ({fold}) holds out; start it from a model that never saw "
+                          "them")  # fmt: skip
 
 
 def train_all(

@@ -376,3 +376,31 @@ def test_the_model_cards_intervals_at_60_minutes_are_what_the_stored_scores_give
             cells.append(f"{text[0]} [{text[1]}, {text[2]}] {r['verdict']}")
         line = f"| {name} | " + " | ".join(cells) + " |"
         assert line in card, f"the card's 60-minute row against {name} is not\n{line}"
+
+
+def test_a_run_that_holds_an_archive_out_cannot_start_from_weights_that_saw_it(tmp_path):
+    # [train] init (fine-tuning) in a leave-one-archive-out run: the fold that leaves out an
+    # archive the starting model trained on would be scored on data it has seen
+    from mimcast.pipeline import loao
+    from mimcast.pipeline.config import ConfigError
+    from mimcast.pipeline.packs import build_pack
+    from mimcast.pipeline.training import load_run_config
+
+    cubes = [_cube(tmp_path / f"{n}.zarr", 20, s) for n, s in (("a", 1), ("b", 2))]
+    out = tmp_path / "loao"
+    out.mkdir()
+    (tmp_path / "tiny.toml").write_text(TINY)
+    config = load_run_config(tmp_path / "tiny.toml")
+    pack = build_pack(cubes, out / "pack.npz", config.data.pack_config(), progress=False)
+    loao.train_one(pack, out, config, "final", "lagrangian", ["a", "b"], exclude=("b",))
+    start = out / "final" / "lagrangian" / "best.safetensors"  # trained on a only
+    tuned = load_run_config(tmp_path / "tiny.toml", init=str(start))
+    with pytest.raises(ConfigError, match=r"init = .*best\.safetensors: it was trained on a, "
+                       r"which this run \(a\) holds out"):  # fmt: skip
+        loao.train_one(pack, out, tuned, "a", "lagrangian", ["a", "b"])
+    with pytest.raises(ConfigError, match=r"trained on a, which this run \(final\) holds out"):
+        loao.train_one(pack, tmp_path / "other", tuned, "final", "lagrangian", ["a", "b"],
+                       exclude=("a",))  # fmt: skip
+    assert not (out / "folds" / "a").exists()
+    loao.train_one(pack, out, tuned, "b", "lagrangian", ["a", "b"])  # it never saw b
+    assert (out / "folds" / "b" / "lagrangian" / "best.safetensors").exists()

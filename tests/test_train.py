@@ -480,3 +480,39 @@ def test_mimcast_average_writes_the_mean_of_a_runs_kept_steps(cube, tmp_path, ca
     assert main(["average", str(run), "--from", "30", "--out", str(other)]) == 2
     assert "1 kept step(s) from step 30 (kept: 10, 20, 30)" in capsys.readouterr().err
     assert not other.exists()
+
+
+def test_init_starts_a_run_from_a_checkpoints_weights(cube, config_file, tmp_path, capsys):
+    # `mimcast train --init CKPT` (fine-tuning): the run starts from CKPT's weights, which one
+    # step at lr 0 leaves exactly as they were (a fresh start does not), and every header names
+    # CKPT; another [model] is refused, naming the file and the key; a resumed run reads its
+    # own state, not CKPT (which may be gone by then)
+    from mimcast.pipeline.cli import main
+
+    base = tmp_path / "base"
+    run_training([cube], base, load_run_config(config_file, max_steps=10), progress=False)
+    start = base / "best.safetensors"
+    still = tmp_path / "still.toml"
+    still.write_text(TINY_TOML.replace("lr = 0.003", "lr = 0.0"))
+    tune, fresh = tmp_path / "tune", tmp_path / "fresh"
+    common = [str(cube), "--config", str(still), "--max-steps", "1"]
+    assert main(["train", *common, "--init", str(start), "--out", str(tune)]) == 0
+    assert main(["train", *common, "--out", str(fresh)]) == 0
+    want = load_checkpoint(start)[0].state_dict()
+    for run, same in ((tune, True), (fresh, False)):
+        got, extra = load_checkpoint(run / "last.safetensors")
+        equal = all(torch.equal(got.state_dict()[k], want[k]) for k in want)
+        assert equal is same
+        assert extra.get("init") == (str(start) if same else None)
+    other = tmp_path / "other.toml"
+    other.write_text(TINY_TOML.replace("num_hidden = 16", "num_hidden = 8"))
+    capsys.readouterr()
+    bad = tmp_path / "bad"
+    assert main(["train", str(cube), "--config", str(other), "--init", str(start),
+                 "--out", str(bad)]) == 1  # fmt: skip
+    assert (f"{start}: cannot start this run from it: model num_hidden = 16, the run's [model] "
+            "has 8") in capsys.readouterr().err  # fmt: skip
+    assert not (bad / "state.safetensors").exists()
+    start.rename(tmp_path / "moved.safetensors")
+    assert main(["train", *common[:-1], "2", "--init", str(start), "--out", str(tune)]) == 0
+    assert "trained to step 2" in capsys.readouterr().out

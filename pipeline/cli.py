@@ -321,9 +321,8 @@ def _cmd_loao(args: argparse.Namespace) -> int:
     from mimcast.pipeline import loao
     from mimcast.pipeline.training import load_run_config
 
-    config = load_run_config(
-        args.config, max_steps=args.max_steps, device=args.device, select=args.select
-    )
+    config = load_run_config(args.config, max_steps=args.max_steps, device=args.device,
+                             select=args.select, init=args.init)  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     variants = tuple(args.variants)
@@ -692,6 +691,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=_positive_int, help="override [train] max_steps")
     p.add_argument("--final-max-steps", type=_positive_int, help="max_steps of the final model")
     p.add_argument("--select", metavar="SCORE", help=SELECT_HELP)
+    p.add_argument("--init", metavar="CHECKPOINT",
+                   help="override [train] init: every run starts from these weights (refused "
+                   "for a run that holds out an archive they were trained on)")  # fmt: skip
     p.add_argument("--max-refs", type=_positive_int, default=6,
                    help="reference times per archive (evenly spread; default 6)")  # fmt: skip
     p.add_argument("--device", type=_device,

@@ -158,6 +158,8 @@ def train_all(
     runs = [(n, v) for n in names for v in variants]
     if final:
         runs = [("final", variants[0]), *runs]
+    for fold, _ in runs:  # every run's start, before any trains
+        _check_init(config.train.init, fold, exclude)
     started = time.monotonic()
 
     def left() -> float | None:  # seconds to the deadline
@@ -193,6 +195,8 @@ def train_all(
                    "--select", config.train.select, "--device", config.train.device]  # fmt: skip
             if config_path:
                 cmd += ["--config", config_path]
+            if config.train.init:
+                cmd += ["--init", config.train.init]
             if steps := steps_of(fold):
                 cmd += ["--max-steps", str(steps)]
             if remaining is not None:

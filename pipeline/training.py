@@ -64,15 +64,41 @@ class RunConfig:
         }
 
 
-def load_run_config(path: str | Path | None = None, **train_overrides: Any) -> RunConfig:
-    """Read a run configuration (default: ``data/train.toml``); overrides go to ``[train]``."""
-    path = Path(path) if path else DEFAULT_TRAIN_CONFIG
+def _read_run_doc(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A run configuration's tables; ``base = "other.toml"`` (beside it) supplies every key it
+    does not set itself, table by table (a second stage of a recipe changes only [train])."""
     try:
         doc = tomllib.loads(path.read_text())
     except FileNotFoundError as err:
-        raise ConfigError(f"{path}: configuration file not found") from err
+        where = f" (the base of {seen[-1]})" if seen else ""
+        raise ConfigError(f"{path}: configuration file not found{where}") from err
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from err
+    base = doc.pop("base", None)
+    if base is None:
+        return doc
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base = {base!r}: the path of another run configuration")
+    parent = path.parent / base
+    if parent.resolve() in {p.resolve() for p in (*seen, path)}:
+        raise ConfigError(f"{path}: base = {base!r} leads back to {parent}")
+    return _merge(_read_run_doc(parent, (*seen, path)), doc)
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_run_config(path: str | Path | None = None, **train_overrides: Any) -> RunConfig:
+    """Read a run configuration (default: ``data/train.toml``); overrides go to ``[train]``."""
+    path = Path(path) if path else DEFAULT_TRAIN_CONFIG
+    doc = _read_run_doc(path)
     unknown = sorted(set(doc) - {"model", "data", "train", *FRAMES})
     if unknown:
         raise ConfigError(f"{path}: unknown table(s) {unknown}; known: [model], [data], [train], "

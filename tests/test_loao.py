@@ -401,6 +401,8 @@ def test_a_run_that_holds_an_archive_out_cannot_start_from_weights_that_saw_it(t
     with pytest.raises(ConfigError, match=r"trained on a, which this run \(final\) holds out"):
         loao.train_one(pack, tmp_path / "other", tuned, "final", "lagrangian", ["a", "b"],
                        exclude=("a",))  # fmt: skip
-    assert not (out / "folds" / "a").exists()
+    with pytest.raises(ConfigError, match=r"trained on a, which this run \(a\) holds out"):
+        loao.train_all([str(c) for c in cubes], out, None, tuned, variants=("lagrangian",))
+    assert not (out / "folds").exists()  # checked before any run trained (final and b too)
     loao.train_one(pack, out, tuned, "b", "lagrangian", ["a", "b"])  # it never saw b
     assert (out / "folds" / "b" / "lagrangian" / "best.safetensors").exists()

@@ -131,6 +131,27 @@ def test_config_rejects_unknown_keys_and_inconsistent_lengths(tmp_path):
     assert default.model.output_length == default.data.output_length == 12
 
 
+def test_a_run_configuration_takes_the_keys_it_does_not_set_from_its_base(tmp_path):
+    (tmp_path / "tiny.toml").write_text(TINY_TOML)
+    stage = tmp_path / "stage2" / "tune.toml"
+    stage.parent.mkdir()
+    stage.write_text('base = "../tiny.toml"\n[model]\nnum_hidden = 8\n[train]\nlr = 0.0001\n')
+    tiny, tuned = load_run_config(tmp_path / "tiny.toml"), load_run_config(stage)
+    assert (tuned.model.num_hidden, tuned.train.lr) == (8, 0.0001)
+    assert dataclasses.replace(tuned.model, num_hidden=16) == tiny.model  # the rest: the base's
+    assert dataclasses.replace(tuned.train, lr=0.003) == tiny.train and tuned.data == tiny.data
+    stage.write_text('base = "tune.toml"\n')
+    with pytest.raises(ConfigError, match=r"tune.toml: base = 'tune.toml' leads back to"):
+        load_run_config(stage)
+    stage.write_text('base = "gone.toml"\n')
+    with pytest.raises(ConfigError, match=r"gone.toml: configuration file not found \(the base of"):
+        load_run_config(stage)
+    shipped = load_run_config(Path(__file__).parents[1] / "data" / "real_swa.toml")
+    recipe = load_run_config(Path(__file__).parents[1] / "data" / "real_cpu.toml")
+    assert shipped.model == recipe.model and shipped.data == recipe.data
+    assert shipped.train.min_lr_ratio == 1.0 and shipped.train.keep_validated
+
+
 def test_a_frame_table_changes_only_that_frames_models(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text('[model]\nresidual = true\nnum_hidden = 8\n[data]\nframe = "lagrangian"\n'

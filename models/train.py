@@ -188,7 +188,8 @@ def average_kept(out_dir: str | Path, from_step: int, path: str | Path | None = 
     # loading copies each float64 mean into its parameter's own dtype
     last.model.load_state_dict({key: value / len(kept) if value.is_floating_point() else value
                                 for key, value in total.items()})  # fmt: skip
-    extra = {k: v for k, v in last.extra.items() if k in ("cubes", "train_windows", "val_windows")}
+    kept_keys = ("cubes", "train_windows", "val_windows", "init")
+    extra = {k: v for k, v in last.extra.items() if k in kept_keys}
     extra.update(step=kept[-1][0], averaged_steps=[step for step, _ in kept])
     return save_checkpoint(last.model, path or out / "average.safetensors", extra,
                            inputs=last.inputs)  # fmt: skip

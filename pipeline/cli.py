@@ -257,11 +257,13 @@ def _cmd_average(args: argparse.Namespace) -> int:
     start = args.from_step
     if start is None:  # the last 40 % of the run's schedule, as measured (model card)
         try:
-            max_steps = json.loads((run / "run_config.json").read_text())["train"]["max_steps"]
+            train = json.loads((run / "run_config.json").read_text())["train"]
+            max_steps = train["max_steps"]
         except (OSError, ValueError, KeyError) as err:
             raise UsageError(f"{run}: no run_config.json with [train] max_steps to place "
                              f"--from by ({err}); give --from STEP") from err  # fmt: skip
-        start = math.ceil(0.6 * max_steps)
+        # a run that continued a trained model (init) is all tail: every step it kept
+        start = 1 if train.get("init") else math.ceil(0.6 * max_steps)
     try:
         path = average_kept(run, start, args.out)
     except ValueError as err:
@@ -603,7 +605,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN_DIR", help="a run directory of 'mimcast train'")
     p.add_argument("--from", dest="from_step", type=_positive_int, metavar="STEP",
                    help="the first step to average (default: the last 40 %% of the run's "
-                   "max_steps, e.g. 1500 of 2500)")  # fmt: skip
+                   "max_steps, e.g. 1500 of 2500; every kept step of a run started from "
+                   "another's weights, [train] init)")  # fmt: skip
     p.add_argument("--out", metavar="FILE", help="the checkpoint to write "
                    "(default RUN_DIR/average.safetensors)")  # fmt: skip
     p.set_defaults(func=_cmd_average)

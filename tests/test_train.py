@@ -497,6 +497,14 @@ def test_mimcast_average_writes_the_mean_of_a_runs_kept_steps(cube, tmp_path, ca
         torch.testing.assert_close(value, (a[key] + b[key]) / 2)
     forecaster = MIMNetForecaster(checkpoint=str(run / "average.safetensors"), device="cpu")
     assert "average.safetensors (steps 20-30 averaged, " in forecaster.describe()
+    # a run that continued another's weights (init) averages every step it kept by default
+    start = run / "step_000030.safetensors"
+    tuned = tmp_path / "tuned"
+    run_training([cube], tuned, load_run_config(config_file, max_steps=30, init=str(start)),
+                 progress=False)  # fmt: skip
+    assert main(["average", str(tuned)]) == 0
+    assert "averaged steps 10, 20, 30:" in capsys.readouterr().out
+    assert load_checkpoint(tuned / "average.safetensors")[1]["init"] == str(start)
     other = tmp_path / "x.safetensors"
     assert main(["average", str(run), "--from", "30", "--out", str(other)]) == 2
     assert "1 kept step(s) from step 30 (kept: 10, 20, 30)" in capsys.readouterr().err

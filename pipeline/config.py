@@ -71,16 +71,22 @@ def from_mapping(cls: type[T], mapping: Mapping[str, Any], *, where: str = "conf
         raise ConfigError(f"{where}: {err}") from err
 
 
-def load_toml(cls: type[T], path: str | Path, *, table: str | None = None) -> T:
-    """Read ``path`` (TOML) into dataclass ``cls``, optionally from one top-level ``table``."""
+def read_toml(path: str | Path, *, missing: str = "") -> dict[str, Any]:
+    """The tables of TOML file ``path``; ConfigError naming it when it is missing (``missing``:
+    what to add to that message) or not valid TOML."""
     path = Path(path)
     try:
         with path.open("rb") as fh:
-            doc = tomllib.load(fh)
+            return tomllib.load(fh)
     except FileNotFoundError as err:
-        raise ConfigError(f"{path}: configuration file not found") from err
+        raise ConfigError(f"{path}: configuration file not found{missing}") from err
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from err
+
+
+def load_toml(cls: type[T], path: str | Path, *, table: str | None = None) -> T:
+    """Read ``path`` (TOML) into dataclass ``cls``, optionally from one top-level ``table``."""
+    doc = read_toml(path)
     if table is not None:
         doc = doc.get(table, {})
     return from_mapping(cls, doc, where=f"{path}" + (f" [{table}]" if table else ""))

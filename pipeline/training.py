@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 
 from mimcast.models.mimnet import MIMNetConfig
 from mimcast.models.train import TrainConfig, TrainResult
-from mimcast.pipeline.config import ConfigError, from_mapping, to_dict
+from mimcast.pipeline.config import ConfigError, from_mapping, read_toml, to_dict
 from mimcast.pipeline.defaults import DEFAULT_TRAIN_CONFIG, FRAMES
 from mimcast.pipeline.sequences import SequenceConfig
 
@@ -67,13 +66,7 @@ class RunConfig:
 def _read_run_doc(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A run configuration's tables; ``base = "other.toml"`` (beside it) supplies every key it
     does not set itself, table by table (a second stage of a recipe changes only [train])."""
-    try:
-        doc = tomllib.loads(path.read_text())
-    except FileNotFoundError as err:
-        where = f" (the base of {seen[-1]})" if seen else ""
-        raise ConfigError(f"{path}: configuration file not found{where}") from err
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML: {err}") from err
+    doc = read_toml(path, missing=f" (the base of {seen[-1]})" if seen else "")
     base = doc.pop("base", None)
     if base is None:
         return doc

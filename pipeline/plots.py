@@ -264,7 +264,9 @@ def example_maps(grid: xr.Dataset, panels: dict[str, np.ndarray], leads: list[in
                  path: str | Path, title: str) -> Path:  # fmt: skip
     """Draw side-by-side maps: one row per lead time, one column per field (dBZ)."""
     names = list(panels)
-    fig = plt.figure(figsize=(3.3 * len(names), 3.2 * len(leads) + 0.6))
+    # constrained layout leaves room for each map's gridline labels: the titles of one row
+    # overlapped the longitude labels of the row above
+    fig = plt.figure(figsize=(3.3 * len(names), 3.2 * len(leads) + 0.6), layout="constrained")
     img = None
     for i, lead_index in enumerate(leads):
         for j, name in enumerate(names):

@@ -474,3 +474,77 @@ def test_qgis_opens_the_netcdf_and_the_geotiff_with_the_named_crs(radar_samples,
         assert layer["valid"] and layer["authid"] == "EPSG:3812", layers
         assert layer["extent"] == pytest.approx(edges, abs=1e-3)
     assert layers["geotiff"]["bands"] == 3
+
+
+def _moved(a: np.ndarray, k: int, fill) -> np.ndarray:
+    """``a`` moved k pixels down and 2k right, ``fill`` where nothing came in."""
+    b = np.full_like(a, fill)
+    b[k:, 2 * k :] = a[: a.shape[0] - k, : a.shape[1] - 2 * k]
+    return b
+
+
+def _write_moving_sequence(src: Path, fmt: str, out: Path, frames: int) -> None:
+    """Write ``frames`` files 5 minutes apart in the sample's own format, the sample moved."""
+    from datetime import datetime, timedelta
+
+    from PIL import Image
+
+    out.mkdir()
+    if fmt == "fmi-pgm":  # time in the header's obstime comment
+        raw = gzip.decompress(src.read_bytes())
+        frame_ = read(src)
+        ny, nx = frame_.sizes["y"], frame_.sizes["x"]
+        header, body = raw[: -ny * nx], np.frombuffer(raw[-ny * nx :], np.uint8).reshape(ny, nx)
+        t0 = frame_.time.values[0].astype("datetime64[m]").item()
+        for k in range(frames):
+            stamp = f"{t0 + timedelta(minutes=5 * k):%Y%m%d%H%M}"
+            head = header.replace(f"obstime {t0:%Y%m%d%H%M}".encode(), f"obstime {stamp}".encode())
+            assert k == 0 or head != header
+            moved = head + _moved(body, k, 0).tobytes()
+            (out / f"{stamp}_{src.name}").write_bytes(gzip.compress(moved))
+    elif fmt == "mch-gif":  # time in the file name only
+        with Image.open(src) as img:
+            codes, palette = np.asarray(img), img.getpalette()
+        for k in range(frames):
+            t = datetime(2015, 5, 15, 15, 45) + timedelta(minutes=5 * k)
+            moved = Image.fromarray(_moved(codes, k, 0), "P")
+            moved.putpalette(palette)
+            moved.save(out / f"AQC{t:%y}{t.timetuple().tm_yday:03d}{t:%H%M}F_00005.801.gif")
+    else:  # KNMI HDF5: time in the overview's product_datetime attributes
+        for k in range(frames):
+            end = datetime(2010, 8, 26) + timedelta(minutes=5 * k)
+            path = out / f"RAD_NL25_RAP_5min_{end:%Y%m%d%H%M}.h5"
+            shutil.copy(src, path)
+            with h5py.File(path, "r+") as f:
+                data = f["image1/image_data"]
+                data[...] = _moved(data[()], k, 0)
+                for key, t in (("end", end), ("start", end - timedelta(minutes=5))):
+                    f["overview"].attrs[f"product_datetime_{key}"] = np.bytes_(
+                        t.strftime("%d-%b-%Y;%H:%M:%S.000").upper()
+                    )
+
+
+@pytest.mark.parametrize("fmt", ["fmi-pgm", "mch-gif", "knmi-hdf5"])
+def test_a_sequence_in_a_single_frame_format_is_ingested_and_forecast_with_skill(
+    radar_samples, fmt, tmp_path
+):
+    """The formats ../shared holds as one frame each, as an archive of moving frames in their
+    own format: ingest, then `evaluate` with the shipped model, which must beat persistence."""
+    import csv
+
+    from mimcast.pipeline.cli import main
+
+    archive, store, out = tmp_path / "archive", tmp_path / "cube.zarr", tmp_path / "evaluation"
+    _write_moving_sequence(radar_samples / SAMPLES[fmt], fmt, archive, frames=6)
+    assert main(["ingest", str(archive), "--out", str(store), "--quiet"]) == 0
+    code = main(["evaluate", str(store), "--out", str(out), "--steps", "2", "--quiet",
+                 "--methods", "mimnet", "persistence"])  # fmt: skip
+    assert code == 0
+    mse = {}
+    for row in csv.DictReader((out / "scores.csv").open()):
+        if row["metric"] == "MSE":
+            mse[row["method"], int(row["lead_time"])] = float(row["value"])
+    assert sorted(mse) == [(m, lead) for m in ("mimnet", "persistence") for lead in (5, 10)]
+    for lead in (5, 10):  # the echo moved 2.2 px per step: only a forecast that moves it wins
+        assert mse["mimnet", lead] < 0.5 * mse["persistence", lead], mse
+    assert "mimnet_real.safetensors" in (out / "report.md").read_text()

@@ -6,8 +6,10 @@ Contract
   scores (CSI, POD, FAR, HSS, ETS) from contingency tables *summed* over forecasts (pysteps'
   ``det_cat_fct`` accumulators) at reflectivity thresholds (20/30/40 dBZ) and rain-rate
   thresholds (0.5/1/5/10 mm/h); MSE and MAE in dBZ; SSIM (scikit-image, averaged over
-  forecasts); FSS at several scales (pysteps' ``fss`` accumulators). Only pixels valid in
-  the observation and in the last input frame count; reflectivity is floored at 0 dBZ, so
+  forecasts); FSS at several scales (pysteps' ``fss`` accumulators). The observation's side
+  of each score is computed once per lead time for all methods (:meth:`Scores.add_lead`),
+  with the same sums as the libraries. Only pixels valid in the observation and in the last
+  input frame count; reflectivity is floored at 0 dBZ, so
   "no echo" compares as 0 dBZ.
 - **Methods**: any forecasters of the registry (:mod:`mimcast.pipeline.forecasters`), under
   any labels: MIMNet checkpoints, persistence, extrapolation, S-PROG (the MSE-optimal
@@ -23,6 +25,8 @@ from __future__ import annotations
 
 import copy
 import functools
+import logging
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +41,8 @@ from mimcast.pipeline.cube import observed as cube_observed
 from mimcast.pipeline.defaults import FLOOR_DBZ
 from mimcast.pipeline.forecasters import pysteps
 from mimcast.pipeline.zr import MARSHALL_PALMER, ZR, dbz_to_rate
+
+log = logging.getLogger(__name__)
 
 DBZ_THRESHOLDS = (20.0, 30.0, 40.0)
 RATE_THRESHOLDS = (0.5, 1.0, 5.0, 10.0)
@@ -65,6 +71,84 @@ def _pysteps_verification():
     return verification.detcatscores, verification.spatialscores
 
 
+def _box(field: np.ndarray, size: int) -> np.ndarray:
+    """pysteps' FSS neighbourhood: the mean over ``size`` × ``size`` pixels, zero outside."""
+    from scipy.ndimage import uniform_filter
+
+    return field if size == 1 else uniform_filter(field, size=size, mode="constant", cval=0.0)
+
+
+class _SSIM:
+    """scikit-image's ``structural_similarity(observed, forecast, data_range=70.0,
+    win_size=win)`` (uniform window, sample covariance), with the observation's local means
+    and variances computed once for every forecast compared with it."""
+
+    K1, K2, DATA_RANGE = 0.01, 0.03, 70.0
+
+    def __init__(self, observed: np.ndarray, win: int) -> None:
+        self.win, self.pad = win, (win - 1) // 2
+        # scikit-image's working precision: float32 for float32 (and float16) images
+        self.dtype = np.float32 if observed.dtype in (np.float16, np.float32) else np.float64
+        self.x = observed.astype(self.dtype, copy=False)
+        self.cov_norm = win**2 / (win**2 - 1)
+        self.ux = self._filter(self.x)
+        self.vx = self.cov_norm * (self._filter(self.x * self.x) - self.ux * self.ux)
+        self.ux2, self.two_ux = self.ux**2, 2 * self.ux
+
+    def _filter(self, a: np.ndarray) -> np.ndarray:
+        from scipy.ndimage import uniform_filter
+
+        return uniform_filter(a, size=self.win)
+
+    def score(self, forecast: np.ndarray) -> float:
+        # scikit-image's arithmetic, operation for operation, written into fewer temporaries
+        y = forecast.astype(self.dtype, copy=False)
+        uy = self._filter(y)
+        vy = self._filter(y * y)
+        vy -= uy * uy
+        vy *= self.cov_norm
+        vxy = self._filter(self.x * y)
+        vxy -= self.ux * uy
+        vxy *= self.cov_norm
+        c1, c2 = (self.K1 * self.DATA_RANGE) ** 2, (self.K2 * self.DATA_RANGE) ** 2
+        a1 = self.two_ux * uy
+        a1 += c1
+        vxy *= 2
+        vxy += c2  # A2
+        a1 *= vxy  # A1 A2
+        uy *= uy
+        b1 = self.ux2 + uy
+        b1 += c1
+        b2 = self.vx + vy
+        b2 += c2
+        b1 *= b2  # B1 B2
+        a1 /= b1  # S
+        p = self.pad
+        return float(a1[p : a1.shape[0] - p, p : a1.shape[1] - p].mean(dtype=np.float64))
+
+
+class _Observed:
+    """What scoring needs from one observation on one set of valid pixels."""
+
+    def __init__(self, observed: np.ndarray, valid: np.ndarray, options: VerifyOptions) -> None:
+        self.valid = valid
+        o = np.where(valid, np.maximum(observed, FLOOR_DBZ), np.nan)
+        self.values = o[valid]
+        rate = dbz_to_rate(self.values, options.zr)
+        self.exceeds = {("dBZ", t): self.values > t for t in options.dbz_thresholds} | {
+            ("mm/h", t): rate > t for t in options.rate_thresholds}  # fmt: skip
+        self.exceed_counts = {key: np.count_nonzero(e) for key, e in self.exceeds.items()}
+        o0 = np.nan_to_num(o, nan=FLOOR_DBZ)
+        binary = (o0 >= options.fss_threshold_dbz).astype(float)
+        self.fractions = {}
+        for scale in options.fss_scales:
+            s_o = _box(binary, scale)
+            self.fractions[scale] = s_o, np.sum(s_o**2)
+        side = min(o.shape)
+        win = min(7, side if side % 2 else side - 1)
+        self.ssim = _SSIM(o0, win) if win >= 3 else None  # a window of at least 3 x 3
+
+
 class Scores:
     """Mergeable score accumulators: method -> lead -> tables and sums."""
 
@@ -84,33 +168,58 @@ class Scores:
 
     def add(self, method: str, lead: int, forecast: np.ndarray, observed: np.ndarray) -> None:
         """Add one forecast field (dBZ, NaN outside the scored area) and its observation."""
-        from skimage.metrics import structural_similarity
+        self.add_lead(lead, {method: forecast}, observed)
 
-        det, spatial = _pysteps_verification()
-        slot = self._slot(method, lead)
-        valid = np.isfinite(forecast) & np.isfinite(observed)
-        f = np.where(valid, np.maximum(forecast, FLOOR_DBZ), np.nan)
-        o = np.where(valid, np.maximum(observed, FLOOR_DBZ), np.nan)
-        fv, ov = f[valid], o[valid]  # pysteps would count NaN pixels as correct negatives
-        rates = None
-        for (kind, _), table in slot["cat"].items():
-            if kind == "dBZ":
-                det.det_cat_fct_accum(table, fv, ov)
-            else:
-                if rates is None:
-                    rates = dbz_to_rate(fv, self.options.zr), dbz_to_rate(ov, self.options.zr)
-                det.det_cat_fct_accum(table, *rates)
-        for fss in slot["fss"].values():
-            spatial.fss_accum(fss, np.nan_to_num(f, nan=FLOOR_DBZ), np.nan_to_num(o, nan=FLOOR_DBZ))
-        diff = (f - o)[valid]
+    def add_lead(
+        self, lead: int, forecasts: Mapping[str, np.ndarray], observed: np.ndarray
+    ) -> None:
+        """Add each method's forecast field for one lead time, all against one observation.
+
+        The same sums as pysteps' ``det_cat_fct_accum`` and ``fss_accum`` and scikit-image's
+        ``structural_similarity`` give (a test compares them), but what depends on the
+        observation alone (its exceedances, smoothed fractions, local means and variances) is
+        computed once for every method scored on the same pixels, not once per method.
+        """
+        obs: _Observed | None = None
+        for method, forecast in forecasts.items():
+            valid = np.isfinite(forecast) & np.isfinite(observed)
+            if obs is None or not np.array_equal(valid, obs.valid):
+                obs = _Observed(observed, valid, self.options)
+            self._add(self._slot(method, lead), forecast, obs)
+
+    def _add(self, slot: dict[str, Any], forecast: np.ndarray, obs: _Observed) -> None:
+        f = np.where(obs.valid, np.maximum(forecast, FLOOR_DBZ), np.nan)
+        fv = f[obs.valid]  # pysteps would count NaN pixels as correct negatives
+        rate = None
+        for key, table in slot["cat"].items():
+            kind = key[0]
+            if kind == "mm/h" and rate is None:
+                rate = dbz_to_rate(fv, self.options.zr)
+            yes = (fv if kind == "dBZ" else rate) > table["thr"]
+            hits = np.count_nonzero(yes & obs.exceeds[key])
+            forecast_yes, observed_yes = np.count_nonzero(yes), obs.exceed_counts[key]
+            if table["hits"] is None:  # as pysteps starts a table: integer counts
+                for count in ("hits", "false_alarms", "misses", "correct_negatives"):
+                    table[count] = np.zeros((), dtype=int)
+            table["hits"] += hits
+            table["false_alarms"] += forecast_yes - hits
+            table["misses"] += observed_yes - hits
+            table["correct_negatives"] += yes.size - forecast_yes - observed_yes + hits
+        f0 = np.nan_to_num(f, nan=FLOOR_DBZ)
+        binary = (f0 >= self.options.fss_threshold_dbz).astype(float)
+        for scale, fss in slot["fss"].items():
+            fraction = _box(binary, scale)
+            s_o, sum_obs_sq = obs.fractions[scale]
+            fss["sum_obs_sq"] += sum_obs_sq
+            # pysteps' nansum, without its copy: fractions of a finite field are never NaN
+            fss["sum_fct_obs"] += np.sum(fraction * s_o)
+            fss["sum_fct_sq"] += np.sum(fraction**2)
+        diff = fv - obs.values
         slot["se"] += float(np.sum(diff * diff))
         slot["ae"] += float(np.sum(np.abs(diff)))
-        slot["px"] += int(valid.sum())
-        side = min(f.shape)
-        win = min(7, side if side % 2 else side - 1)
-        if win >= 3:  # SSIM needs a window of at least 3 x 3 pixels
-            o0, f0 = np.nan_to_num(o, nan=FLOOR_DBZ), np.nan_to_num(f, nan=FLOOR_DBZ)
-            slot["ssim"] += float(structural_similarity(o0, f0, data_range=70.0, win_size=win))
+        slot["px"] += int(obs.values.size)
+        if obs.ssim is not None:
+            slot["ssim"] += obs.ssim.score(f0)
             slot["ssim_n"] += 1
         slot["n"] += 1
 
@@ -276,15 +385,30 @@ def score_reference(
     index = int(np.flatnonzero(cube.time.values == reference)[0])
     block = cube[VARIABLE].isel(time=slice(index - n_inputs + 1, index + n_leads + 1)).values
     inputs, observed = block[:n_inputs], block[n_inputs:]
-    forecasts = {label: np.asarray(fc(inputs, n_leads)) for label, fc in forecasters.items()}
+    when = str(np.datetime_as_string(reference, unit="m"))
+    forecasts = {}
+    for label, fc in forecasters.items():
+        start = time.perf_counter()
+        forecasts[label] = np.asarray(fc(inputs, n_leads))
+        _say_slow(start, "reference %s: %s forecast, %d leads", when, label, n_leads)
     known = np.isfinite(inputs[-1])[None] & np.ones((n_leads, 1, 1), dtype=bool)
     for fc in forecasts.values():
         known &= np.isfinite(fc[:n_leads])
     scores = Scores(options)
-    for label, fc in forecasts.items():
-        for k in range(n_leads):
-            scores.add(label, (k + 1) * step, np.where(known[k], fc[k], np.nan), observed[k])
+    start = time.perf_counter()
+    for k in range(n_leads):
+        fields = {label: np.where(known[k], fc[k], np.nan) for label, fc in forecasts.items()}
+        scores.add_lead((k + 1) * step, fields, observed[k])
+    _say_slow(start, "reference %s: %d forecasts scored", when, len(forecasts))
     return scores
+
+
+def _say_slow(start: float, message: str, *args: Any) -> None:
+    """Log a step of a hindcast with its duration: shown (INFO) when it took 20 s or more,
+    as on large grids, where one reference time can take minutes; else at DEBUG (-vv)."""
+    seconds = time.perf_counter() - start
+    log.log(logging.INFO if seconds >= 20 else logging.DEBUG, message + " in %.0f s",
+            *args, seconds)  # fmt: skip
 
 
 def score_references(

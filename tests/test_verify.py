@@ -20,6 +20,56 @@ def _rows(scores, method="m", lead=5):
             if r["method"] == method and r["lead_time"] == lead}  # fmt: skip
 
 
+def _straightforward(scores: Scores, method, lead, forecast, observed) -> None:
+    """Scores.add as the libraries write it: pysteps' accumulators and scikit-image's SSIM
+    on each field, nothing shared between methods (what Scores did until it cached the
+    observation's side)."""
+    from pysteps.verification import detcatscores as det
+    from pysteps.verification import spatialscores as spatial
+    from skimage.metrics import structural_similarity
+
+    from mimcast.pipeline.zr import dbz_to_rate
+
+    slot = scores._slot(method, lead)
+    valid = np.isfinite(forecast) & np.isfinite(observed)
+    f = np.where(valid, np.maximum(forecast, 0.0), np.nan)
+    o = np.where(valid, np.maximum(observed, 0.0), np.nan)
+    fv, ov = f[valid], o[valid]
+    for (kind, _), table in slot["cat"].items():
+        pair = (fv, ov) if kind == "dBZ" else (dbz_to_rate(fv), dbz_to_rate(ov))
+        det.det_cat_fct_accum(table, *pair)
+    for fss in slot["fss"].values():
+        spatial.fss_accum(fss, np.nan_to_num(f, nan=0.0), np.nan_to_num(o, nan=0.0))
+    slot["se"] += float(np.sum((f - o)[valid] ** 2))
+    slot["ae"] += float(np.sum(np.abs(f - o)[valid]))
+    slot["px"] += int(valid.sum())
+    o0, f0 = np.nan_to_num(o, nan=0.0), np.nan_to_num(f, nan=0.0)
+    slot["ssim"] += float(structural_similarity(o0, f0, data_range=70.0, win_size=7))
+    slot["ssim_n"] += 1
+    slot["n"] += 1
+
+
+def test_scoring_several_methods_at_once_gives_the_libraries_sums():
+    """add_lead shares the observation's side between methods: every accumulator must equal
+    the straightforward per-field form, also where one method's unknown pixels differ."""
+    rng = np.random.default_rng(3)
+    observed = np.clip(rng.gamma(1.5, 12.0, (60, 70)), 0, 65).astype(np.float32)
+    observed[:5, :9] = np.nan
+    forecasts = {name: (observed + rng.normal(0, s, observed.shape)).astype(np.float32)
+                 for name, s in (("a", 2.0), ("b", 8.0), ("c", 15.0))}  # fmt: skip
+    forecasts["c"][40:, 50:] = np.nan  # another scored area: the observation's side again
+    fast, slow = Scores(VerifyOptions()), Scores(VerifyOptions())
+    for lead in (5, 10):
+        fast.add_lead(lead, forecasts, observed)
+        for name, fc in forecasts.items():
+            _straightforward(slow, name, lead, fc, observed)
+    assert fast.state() == slow.state()  # every table, sum and count, to the last bit
+    assert {r["method"] for r in fast.table()} == {"a", "b", "c"}
+    csi = {r["method"]: r["value"] for r in fast.table() if r["lead_time"] == 5
+           and (r["metric"], r["threshold"]) == ("CSI", "20 dBZ")}  # fmt: skip
+    assert csi["a"] > csi["b"] > csi["c"]
+
+
 def test_categorical_scores_match_hand_computed_tables():
     obs = np.array([[25.0, 25.0, 10.0, 10.0], [25.0, 10.0, 10.0, np.nan]])
     fc = np.array([[25.0, 10.0, 25.0, 10.0], [25.0, 10.0, 10.0, 50.0]])

@@ -438,9 +438,13 @@ class MIMNet(nn.Module):
         return (x + out if self.config.residual else out), state
 
     def forward(
-        self, frames: Tensor, mask: Tensor | None = None, step_minutes: Tensor | float | None = None
+        self,
+        frames: Tensor,
+        mask: Tensor | None = None,
+        step_minutes: Tensor | float | None = None,
+        steps: int | None = None,
     ) -> Tensor:
-        """Predict ``output_length`` frames after the observed ones.
+        """Predict ``output_length`` frames after the observed ones (or the first ``steps``).
 
         Parameters
         ----------
@@ -457,14 +461,20 @@ class MIMNet(nn.Module):
         step_minutes
             Minutes between consecutive frames: a number, or ``(B,)``, one per sequence.
             Required with ``config.step_input``, ignored without it.
+        steps
+            Predict only the first ``steps`` frames (1 .. ``output_length``; without a mask):
+            the same frames as a full forecast's first ``steps``, at that share of the cost.
 
         Returns
         -------
         Tensor
             ``(B, output_length, C, H, W)``, the frames at ``input_length ..
-            input_length + output_length - 1``.
+            input_length + output_length - 1`` (``steps`` of them when given).
         """
         cfg = self.config
+        n_out = cfg.output_length if steps is None else int(steps)
+        if not 1 <= n_out <= cfg.output_length or (mask is not None and n_out != cfg.output_length):
+            raise ValueError(f"steps={steps}: 1 to {cfg.output_length}, and only without a mask")
         if frames.ndim != 5:
             raise ValueError(f"frames: expected (B, T, C, H, W), got shape {tuple(frames.shape)}")
         b, t_in, ch, height, width = frames.shape
@@ -482,7 +492,7 @@ class MIMNet(nn.Module):
         shift = self.step_shift(step_minutes, b, x.device) if cfg.step_input else None
         state = self.stack.init_state(x[:, 0])
         predictions, pred = [], None
-        for t in range(cfg.total_length - 1):
+        for t in range(cfg.input_length - 1 + n_out):
             if t == 0:
                 net = x[:, 0]
             elif mask is not None:
@@ -496,7 +506,7 @@ class MIMNet(nn.Module):
             pred, state = self.step(net, state, first=t == 0, shift=shift)
             if t >= cfg.input_length - 1:
                 predictions.append(pred)
-        out = torch.stack(predictions, dim=1)  # (B, output_length, C p^2, h, w)
+        out = torch.stack(predictions, dim=1)  # (B, n_out, C p^2, h, w)
         return from_patches(out, cfg.patch_size, height, width)  # (B, output_length, C, H, W)
 
     def step_shift(

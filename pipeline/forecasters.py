@@ -437,13 +437,14 @@ class MIMNetForecaster(_ReadsEveryKthFrame):
                 f"{self.checkpoint}: predicts {self.max_leads} lead steps, {n_leads} asked"
             )
         inputs = np.asarray(inputs[-n_in:], dtype=np.float32)
+        steps = -(-n_leads // stride)  # model steps that reach the last lead asked for
         key = (str(self.checkpoint), id(ckpt), hashlib.blake2b(inputs.tobytes(), digest_size=16)
                .hexdigest(), self.device, self.bf16, stride, self.time_step_minutes,
-               self.grid_refine)  # fmt: skip
+               self.grid_refine, steps)  # fmt: skip
         raw = _RAW.get(key)
         if raw is None:
             r = self.grid_refine
-            raw = self._raw(ckpt, refined(inputs[::stride], r), stride)
+            raw = self._raw(ckpt, refined(inputs[::stride], r), stride, steps)
             if r > 1:  # back to the archive's pixels
                 raw = coarsen_dbz(raw, r)
             _RAW[key] = raw  # variants of one model at one reference time share it
@@ -457,9 +458,13 @@ class MIMNetForecaster(_ReadsEveryKthFrame):
         dbz = np.where(np.isfinite(dbz) & (dbz < self.echo_threshold_dbz), NO_ECHO_DBZ, dbz)
         return _mark_no_data(dbz.astype(np.float32), inputs[-1])
 
-    def _raw(self, ckpt, inputs: np.ndarray, stride: int = 1) -> np.ndarray:
+    def _raw(
+        self, ckpt, inputs: np.ndarray, stride: int = 1, steps: int | None = None
+    ) -> np.ndarray:
         """Model output in dBZ on the Eulerian grid, before post-processing (NaN: unknown).
 
+        ``steps``: model steps to predict (default: the model's horizon; a recurrent model's
+        first steps do not depend on the later ones, so fewer leads cost less).
         ``inputs`` are one model step apart; with ``stride`` > 1 that is ``stride`` archive
         steps, and the result has ``stride`` leads per model step: between two model steps
         the field is interpolated linearly in the frame the model works in (in the Lagrangian
@@ -491,7 +496,7 @@ class MIMNetForecaster(_ReadsEveryKthFrame):
                     "and it is unknown here (at_time_step)"
                 )
             step = self.time_step_minutes * stride
-        pred = predict(ckpt.model, x, self, step_minutes=step)  # (T_out, H, W) in [0, 1]
+        pred = predict(ckpt.model, x, self, step, steps)  # (steps, H, W) in [0, 1]
         if stride > 1:
             pred = _interpolate_leads(x[-1], pred, stride)
             if velocity is not None:

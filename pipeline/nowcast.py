@@ -137,13 +137,20 @@ def tile_slices(size: int, tile: int, overlap: int) -> list[slice]:
     return [slice(s, s + tile) for s in sorted(set(starts))]
 
 
-def predict(model, frames: np.ndarray, options, step_minutes: float | None = None) -> np.ndarray:
+def predict(
+    model,
+    frames: np.ndarray,
+    options,
+    step_minutes: float | None = None,
+    steps: int | None = None,
+) -> np.ndarray:
     """Run ``model`` on normalised ``frames`` ``(T_in, H, W)``; return ``(T_out, H, W)`` in [0, 1].
 
     ``options`` has the fields of :class:`TileOptions` (a
     :class:`~mimcast.pipeline.forecasters.MIMNetForecaster` has them too); tiles when
     ``H * W`` exceeds ``options.max_pixels``. ``step_minutes``: minutes between the frames,
-    for a model that takes them (``step_input``).
+    for a model that takes them (``step_input``). ``steps``: only the first ``steps`` of
+    its ``T_out`` output frames (default all).
     """
     import torch
 
@@ -153,9 +160,11 @@ def predict(model, frames: np.ndarray, options, step_minutes: float | None = Non
     device = resolve_device(options.device)
     bf16 = inference_bf16(options.bf16, device)
     model = model.to(device).eval()
-    n_out = model.config.output_length
+    n_out = model.config.output_length if steps is None else steps
     _, height, width = frames.shape
     kwargs = {"step_minutes": step_minutes} if step_minutes is not None else {}
+    if steps is not None:
+        kwargs["steps"] = steps
 
     def run(block: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(block))[None, :, None].to(device)

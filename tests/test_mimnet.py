@@ -90,6 +90,22 @@ def test_no_state_leaks_between_calls_or_batches():
     torch.testing.assert_close(last_small_batch, full[2:], rtol=1e-5, atol=1e-6)
 
 
+def test_fewer_steps_are_the_first_frames_of_the_full_forecast():
+    """A forecast of fewer steps stops the recurrence early: the same frames, bit for bit,
+    as the first ones of the full forecast (and only the frames asked for)."""
+    model = tiny(output_length=5, step_input=True)
+    x = frames(2, TINY.input_length, 12, 16, seed=4)
+    with torch.no_grad():
+        full = model(x, step_minutes=5.0)
+        for steps in (1, 3, 5):
+            first = model(x, step_minutes=5.0, steps=steps)
+            assert first.shape == (2, steps, 1, 12, 16)
+            assert torch.equal(first, full[:, :steps])
+    for bad in (0, 6):
+        with pytest.raises(ValueError, match="steps="):
+            model(x, step_minutes=5.0, steps=bad)
+
+
 def test_layer_1_is_st_lstm_and_the_others_mim_blocks():
     model = tiny(num_layers=4)
     layers = list(model.stack.layers)

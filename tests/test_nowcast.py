@@ -106,6 +106,30 @@ def test_a_two_minute_archive_is_forecast_at_its_own_step_from_4_minute_model_st
     assert forecast["forecast_period"].values.tolist() == [2, 4, 6]
 
 
+@pytest.mark.parametrize("step", [5, 2])
+def test_fewer_leads_are_the_first_leads_of_the_full_forecast(step, monkeypatch):
+    """The shipped real-radar model asked for fewer leads runs fewer model steps (also on a
+    2-minute archive, where it interpolates between 4-minute steps): the same values as the
+    first leads of its full forecast, post-processing included."""
+    from mimcast.pipeline.forecasters import at_time_step
+
+    cube = synthetic_cube(SyntheticConfig(height=64, width=64, frames=7, seed=3,
+                                          step_minutes=step))  # fmt: skip
+    model = at_time_step(MIMNetForecaster(), step)
+    inputs = cube.reflectivity.values[-model.input_frames :]
+    calls, network_step = [], MIMNet.step
+    monkeypatch.setattr(MIMNet, "step", lambda *a, **k: calls.append(1) or network_step(*a, **k))
+    full = model(inputs, model.max_leads)
+    ran = {model.max_leads: len(calls)}
+    for leads in (1, 3):
+        calls.clear()
+        assert np.array_equal(model(inputs, leads), full[:leads], equal_nan=True)
+        ran[leads] = len(calls)
+    # 4 input frames, then one step per prediction: 3 + 12 for the whole horizon
+    per_step = 1 if step == 5 else 2  # archive leads per model step
+    assert ran == {12 * per_step: 15, 1: 4, 3: 3 + -(-3 // per_step)}
+
+
 def test_an_archive_too_short_for_the_horizon_is_scored_at_the_leads_it_allows(tmp_path, caplog):
     from mimcast.pipeline.evaluation import plan_evaluation
     from mimcast.pipeline.forecasters import get_forecaster

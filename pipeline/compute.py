@@ -11,12 +11,14 @@ the command line.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 LOCAL = ("threads", "processes", "synchronous")
+log = logging.getLogger(__name__)
 
 
 def check_scheduler(name: str | None) -> str | None:
@@ -40,6 +42,47 @@ def dask_scheduler(name: str | None = None) -> Iterator[Any]:
     else:
         with dask.config.set(scheduler=name):
             yield name
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still use: the kernel's ``MemAvailable``, capped by a cgroup
+    (v2) memory limit where one is set (containers, CI); None where neither is known."""
+    from pathlib import Path
+
+    room = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                room = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            left = int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text())
+            room = left if room is None else min(room, left)
+    except (OSError, ValueError):
+        pass
+    return room
+
+
+def local_workers(
+    task_bytes: float, what: str = "task", cpus: int | None = None, available: int | None = None
+) -> int:
+    """How many tasks of about ``task_bytes`` each a local scheduler should run at once: one
+    per core, but no more than fit in half the available memory (at least one). A machine
+    with many cores and one large grid per task would otherwise start a task per core and
+    run out of memory. ``cpus``/``available`` default to this machine's."""
+    cpus = cpus or os.cpu_count() or 1
+    available = available_memory() if available is None else available
+    if available is None or task_bytes <= 0:
+        return cpus
+    fit = max(1, int(0.5 * available // task_bytes))
+    if fit < cpus:
+        log.info("%d %s%s at a time (not %d, one per core): each needs about %.1f GB, "
+                 "%.1f GB are available", fit, what, "" if fit == 1 else "s", cpus,
+                 task_bytes / 1e9, available / 1e9)  # fmt: skip
+    return min(cpus, fit)
 
 
 class TaskBar:

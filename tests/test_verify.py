@@ -304,6 +304,49 @@ def test_on_pure_advection_extrapolation_is_significantly_better_than_persistenc
         assert csi["verdict"] == "better" and csi["ci_low"] > 0, csi
 
 
+def test_a_hindcast_runs_no_more_reference_times_at_once_than_memory_holds(
+    advection_cube, monkeypatch, caplog
+):
+    """One reference time per core, unless that many would not fit in half the available
+    memory: a 16-core machine and a 4400 x 3800 grid (about 10 GB each) must not start 16."""
+    from mimcast.pipeline import compute, verify
+
+    gb = 1e9
+    assert compute.local_workers(10 * gb, cpus=16, available=24 * gb) == 1
+    assert compute.local_workers(3 * gb, cpus=16, available=24 * gb) == 4
+    assert compute.local_workers(0.3 * gb, cpus=16, available=24 * gb) == 16
+    assert compute.local_workers(30 * gb, cpus=2, available=4 * gb) == 1  # at least one
+    room = compute.available_memory()
+    assert room is None or room > 0
+    monkeypatch.setattr(compute, "available_memory", lambda: None)  # memory unknown
+    assert compute.local_workers(3 * gb, cpus=8) == 8
+
+    # a machine with room for one of them at a time: the hindcast says so and runs them
+    per_ref = verify.REFERENCE_BYTES_PER_PIXEL * 96 * 96
+    monkeypatch.setattr(compute, "available_memory", lambda: int(3 * per_ref))
+    monkeypatch.setattr(compute.os, "cpu_count", lambda: 8)
+    import threading
+    import time
+
+    running, most, lock = [0], [0], threading.Lock()
+
+    def slow_persistence(inputs, n_leads):  # counts the reference times running at once
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.2)
+        with lock:
+            running[0] -= 1
+        return np.repeat(inputs[-1:], n_leads, axis=0)
+
+    refs = reference_times(advection_cube, 4, 2, every=6)
+    with caplog.at_level("INFO", logger="mimcast.pipeline.compute"):
+        scores = hindcast(advection_cube, refs, 4, 2, 5, {"slow": slow_persistence})
+    assert "1 reference time at a time (not 8, one per core)" in caplog.text
+    assert most[0] == 1 and len(refs) >= 3
+    assert {r["n"] for r in scores.table()} == {len(refs)}
+
+
 @pytest.mark.slow
 def test_hindcast_on_a_real_dask_cluster_matches_local_threads(advection_cube, dask_cluster):
     from conftest import cluster_tasks

@@ -140,12 +140,24 @@ def map_axes(fig, ds: xr.Dataset, position=111):
     return ax, proj
 
 
+#: Longest side, in grid pixels, of a field as drawn: a map is at most about 700 pixels wide
+#: on screen, so a 4400 x 3800 grid is thinned (every k-th pixel, as "nearest" resampling
+#: draws it anyway) before it is drawn: maps of continental grids took seconds each
+DRAWN_SIDE = 1400
+
+
+def drawn(field: np.ndarray) -> np.ndarray:
+    """``field`` thinned to at most :data:`DRAWN_SIDE` pixels a side (every k-th pixel)."""
+    k = -(-max(field.shape[-2:]) // DRAWN_SIDE)
+    return field if k <= 1 else field[..., ::k, ::k]
+
+
 def draw_dbz(ax, proj, ds: xr.Dataset, field: np.ndarray):
     """Draw a dBZ field on ``ax``; return the image for a colour bar."""
     x0, x1, y0, y1 = extent(ds)
     north_up = ds.y.values[0] > ds.y.values[-1]
     return ax.imshow(
-        field, extent=(x0, x1, y0, y1), origin="upper" if north_up else "lower",
+        drawn(field), extent=(x0, x1, y0, y1), origin="upper" if north_up else "lower",
         transform=proj, cmap=DBZ_CMAP, norm=DBZ_NORM, interpolation="nearest",
     )  # fmt: skip
 
@@ -187,7 +199,7 @@ def animation(forecast: xr.Dataset, path: str | Path, fps: float = 3.0) -> Path:
     leads = forecast["forecast_period"].values
 
     def frame(i: int):
-        img.set_data(forecast["reflectivity"].values[i])
+        img.set_data(drawn(forecast["reflectivity"].values[i]))
         ax.set_title(f"{_method(forecast)} nowcast +{int(leads[i])} min, valid "
                      f"{np.datetime64(forecast.time.values[i], 'm')} UTC")  # fmt: skip
         return (img,)

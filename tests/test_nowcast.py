@@ -335,6 +335,29 @@ def test_quicklook_png_and_animation_are_drawn(written, tmp_path):
         quicklook(forecast, 7, tmp_path / "x.png")
 
 
+def test_a_map_of_a_continental_grid_draws_a_thinned_field_over_the_same_extent():
+    """A 4400 x 3800 field is far more pixels than a map shows: it is drawn every k-th pixel
+    (as nearest resampling would), over the grid's full extent; small grids stay whole."""
+    import matplotlib.pyplot as plt
+
+    from mimcast.pipeline.plots import DRAWN_SIDE, draw_dbz, drawn, extent, map_axes
+
+    field = np.arange(4400 * 3800, dtype=np.float32).reshape(4400, 3800) % 70
+    assert drawn(field).shape == (1100, 950)  # every 4th pixel: 4400 / 4 <= DRAWN_SIDE
+    assert np.array_equal(drawn(field), field[::4, ::4])
+    small = np.zeros((DRAWN_SIDE, 64), dtype=np.float32)
+    assert drawn(small) is small
+    tall = synthetic_cube(SyntheticConfig(height=3000, width=48, frames=1, seed=1))
+    fig = plt.figure()
+    try:
+        ax, proj = map_axes(fig, tall)
+        img = draw_dbz(ax, proj, tall, tall.reflectivity.values[0])
+        assert img.get_array().shape == (1000, 16)
+        assert img.get_extent() == list(extent(tall))
+    finally:
+        plt.close(fig)
+
+
 def test_maps_draw_the_shipped_coastlines_and_borders(tmp_path, monkeypatch):
     import warnings
 

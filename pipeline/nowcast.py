@@ -24,6 +24,7 @@ and the Prefect flow both call.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,6 +179,7 @@ def predict(
     weight = np.zeros((height, width), dtype=np.float32)
     rows = tile_slices(height, options.tile, options.overlap)
     cols = tile_slices(width, options.tile, options.overlap)
+    n_tiles, done, start = len(rows) * len(cols), 0, time.perf_counter()
     for r in rows:
         wr = _ramp(r.stop - r.start, options.overlap, r.start == 0, r.stop == height)
         for c in cols:
@@ -185,6 +187,11 @@ def predict(
             w = np.outer(wr, wc)
             acc[:, r, c] += run(frames[:, r, c]) * w
             weight[r, c] += w
+            done += 1
+            if n_tiles >= 10 and done % -(-n_tiles // 10) == 0 and done < n_tiles:
+                # a continental grid takes minutes: say how far it is, about every tenth
+                log.info("network: %d of %d tiles in %.0f s", done, n_tiles,
+                         time.perf_counter() - start)  # fmt: skip
     return acc / weight
 
 

@@ -476,9 +476,10 @@ def test_qgis_opens_the_netcdf_and_the_geotiff_with_the_named_crs(radar_samples,
     assert layers["geotiff"]["bands"] == 3
 
 
-def _moved(a: np.ndarray, k: int, fill) -> np.ndarray:
-    """``a`` moved k pixels down and 2k right, ``fill`` where nothing came in."""
-    b = np.full_like(a, fill)
+def _moved(a: np.ndarray, k: int) -> np.ndarray:
+    """``a`` moved k pixels down and 2k right, 0 (no echo in every format) where nothing
+    came in."""
+    b = np.zeros_like(a)
     b[k:, 2 * k :] = a[: a.shape[0] - k, : a.shape[1] - 2 * k]
     return b
 
@@ -500,14 +501,14 @@ def _write_moving_sequence(src: Path, fmt: str, out: Path, frames: int) -> None:
             stamp = f"{t0 + timedelta(minutes=5 * k):%Y%m%d%H%M}"
             head = header.replace(f"obstime {t0:%Y%m%d%H%M}".encode(), f"obstime {stamp}".encode())
             assert k == 0 or head != header
-            moved = head + _moved(body, k, 0).tobytes()
+            moved = head + _moved(body, k).tobytes()
             (out / f"{stamp}_{src.name}").write_bytes(gzip.compress(moved))
     elif fmt == "mch-gif":  # time in the file name only
         with Image.open(src) as img:
             codes, palette = np.asarray(img), img.getpalette()
         for k in range(frames):
             t = datetime(2015, 5, 15, 15, 45) + timedelta(minutes=5 * k)
-            moved = Image.fromarray(_moved(codes, k, 0), "P")
+            moved = Image.fromarray(_moved(codes, k), "P")
             moved.putpalette(palette)
             moved.save(out / f"AQC{t:%y}{t.timetuple().tm_yday:03d}{t:%H%M}F_00005.801.gif")
     else:  # KNMI HDF5: time in the overview's product_datetime attributes
@@ -517,7 +518,7 @@ def _write_moving_sequence(src: Path, fmt: str, out: Path, frames: int) -> None:
             shutil.copy(src, path)
             with h5py.File(path, "r+") as f:
                 data = f["image1/image_data"]
-                data[...] = _moved(data[()], k, 0)
+                data[...] = _moved(data[()], k)
                 for key, t in (("end", end), ("start", end - timedelta(minutes=5))):
                     f["overview"].attrs[f"product_datetime_{key}"] = np.bytes_(
                         t.strftime("%d-%b-%Y;%H:%M:%S.000").upper()

@@ -228,6 +228,40 @@ def test_motion_of_short_step_archives_is_estimated_on_frames_min_step_apart():
     assert get_forecaster("sprog", motion_frames=2).input_frames == 3
 
 
+@pytest.mark.real_data
+def test_motion_is_pysteps_dense_lucas_kanade_bit_for_bit(radar_samples):
+    """The motion every method shares is pysteps' dense Lucas-Kanade with its interpolation run
+    in bands on all cores: the same field to the last bit, on real radar and in the corner
+    cases pysteps treats apart (no echo, one vector, all vectors equal)."""
+    from mimcast.pipeline import forecasters
+    from mimcast.pipeline.readers import read
+
+    files = sorted((radar_samples / "odim/rmi-20210704").iterdir())[-3:]
+    frames = np.concatenate([read(f)["reflectivity"].values for f in files])
+    frames = np.nan_to_num(np.maximum(frames, forecasters.FLOOR_DBZ), nan=forecasters.FLOOR_DBZ)
+    reference = forecasters.pysteps().motion.get_method("LK")
+    ours = forecasters.lucas_kanade(frames)
+    assert np.abs(ours).max() > 0.5  # the echoes move: a field worth comparing
+    assert np.array_equal(ours, reference(frames, verbose=False))
+    # bands of 7 rows: band edges fall inside the echo
+    bands = forecasters.IDW_BAND_PIXELS
+    try:
+        forecasters.IDW_BAND_PIXELS = 7 * frames.shape[2]
+        assert np.array_equal(forecasters.lucas_kanade(frames), ours)
+    finally:
+        forecasters.IDW_BAND_PIXELS = bands
+
+    flat = np.full((3, 40, 50), forecasters.FLOOR_DBZ, np.float32)
+    assert np.array_equal(forecasters.lucas_kanade(flat), reference(flat, verbose=False))
+    rng = np.random.default_rng(3)
+    xy = rng.uniform(0, 40, (30, 2))
+    for uv in (rng.normal(size=(30, 2)), np.ones((30, 2)), rng.normal(size=(1, 2))):
+        expected = forecasters.pysteps().utils.interpolate.idwinterp2d(
+            xy[: len(uv)], uv, np.arange(50), np.arange(40))  # fmt: skip
+        got = forecasters.idw_dense(xy[: len(uv)], uv, (40, 50), workers=3)
+        assert got.shape == (2, 40, 50) and np.array_equal(got, expected)
+
+
 def test_forecasters_share_one_signature():
     assert {"mimnet", "persistence", "extrapolation", "sprog"} <= set(list_forecasters())
     inputs = np.random.default_rng(2).random((4, 32, 32)).astype(np.float32) * 40

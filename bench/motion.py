@@ -16,13 +16,12 @@ and whether the two fields are identical bit for bit. Never asserts on time.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import samples  # bench/samples.py: beside this script, first on the path
+
 DEFAULT_SETS = ["odim/rmi-20210704", "odim/opera-cirrus-20241126"]
 
 
@@ -64,17 +63,10 @@ def bench(folder: Path, repeats: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--samples", type=Path, default=ROOT.parent / "shared" / "radar")
-    parser.add_argument("--sets", nargs="+", default=DEFAULT_SETS)
+    parser = samples.parser(__doc__, DEFAULT_SETS)
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
-    for name in args.sets:
-        folder = args.samples / name
-        if not folder.is_dir():
-            print(json.dumps({"archive": name, "skipped": f"{folder} not found"}))
-            continue
-        print(json.dumps(bench(folder, args.repeats)), flush=True)
+    samples.for_each_set(args, lambda folder: bench(folder, args.repeats))
 
 
 if __name__ == "__main__":

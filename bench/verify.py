@@ -15,12 +15,11 @@ forecast field, and megapixels per second. Never asserts on time.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import samples  # bench/samples.py: beside this script, first on the path
+
 DEFAULT_SETS = ["odim/rmi-20210704", "odim/opera-cirrus-20241126"]
 
 
@@ -54,19 +53,12 @@ def bench(folder: Path, methods: int, leads: int, repeats: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--samples", type=Path, default=ROOT.parent / "shared" / "radar")
-    parser.add_argument("--sets", nargs="+", default=DEFAULT_SETS)
+    parser = samples.parser(__doc__, DEFAULT_SETS)
     parser.add_argument("--methods", type=int, default=3, help="forecasts per lead (default 3)")
     parser.add_argument("--leads", type=int, default=3, help="lead times (default 3)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    for name in args.sets:
-        folder = args.samples / name
-        if not folder.is_dir():
-            print(json.dumps({"archive": name, "skipped": f"{folder} not found"}))
-            continue
-        print(json.dumps(bench(folder, args.methods, args.leads, args.repeats)), flush=True)
+    samples.for_each_set(args, lambda folder: bench(folder, args.methods, args.leads, args.repeats))
 
 
 if __name__ == "__main__":

@@ -229,7 +229,7 @@ def test_motion_of_short_step_archives_is_estimated_on_frames_min_step_apart():
 
 
 @pytest.mark.real_data
-def test_motion_is_pysteps_dense_lucas_kanade_bit_for_bit(radar_samples):
+def test_motion_is_pysteps_dense_lucas_kanade_bit_for_bit(radar_samples, monkeypatch):
     """The motion every method shares is pysteps' dense Lucas-Kanade with its interpolation run
     in bands on all cores: the same field to the last bit, on real radar and in the corner
     cases pysteps treats apart (no echo, one vector, all vectors equal)."""
@@ -244,12 +244,9 @@ def test_motion_is_pysteps_dense_lucas_kanade_bit_for_bit(radar_samples):
     assert np.abs(ours).max() > 0.5  # the echoes move: a field worth comparing
     assert np.array_equal(ours, reference(frames, verbose=False))
     # bands of 7 rows: band edges fall inside the echo
-    bands = forecasters.IDW_BAND_PIXELS
-    try:
-        forecasters.IDW_BAND_PIXELS = 7 * frames.shape[2]
+    with monkeypatch.context() as patch:
+        patch.setattr(forecasters, "IDW_BAND_PIXELS", 7 * frames.shape[2])
         assert np.array_equal(forecasters.lucas_kanade(frames), ours)
-    finally:
-        forecasters.IDW_BAND_PIXELS = bands
 
     flat = np.full((3, 40, 50), forecasters.FLOOR_DBZ, np.float32)
     assert np.array_equal(forecasters.lucas_kanade(flat), reference(flat, verbose=False))

@@ -51,7 +51,7 @@ def nowcast_flow(
     With ``skip_existing`` (the default, as for scheduled runs) a reference time that already
     has its product ends ``Skipped``: no new frame since the last nowcast. Paths not given
     come from the site settings. ``postprocess``: MIMNet's output post-processing ("none",
-    "pm", "pm-wet"); None: the checkpoint's default.
+    "pm", "pm-wet", "pm-advected"); None: the checkpoint's default.
     """
     logger = get_run_logger()
     site = site_settings()

@@ -26,6 +26,8 @@ For a reference time 0 and frame ``F_k`` at step ``k``:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -41,33 +43,43 @@ def _grid(disp: Tensor) -> Tensor:
     return torch.stack([x, y], dim=-1)  # (B, H, W, 2)
 
 
-def trajectories(velocity: Tensor, steps: int) -> Tensor:
-    """Return cumulative displacements ``(steps, B, 2, H, W)`` after 1..``steps`` steps."""
+def displacements(velocity: Tensor, steps: int) -> Iterator[Tensor]:
+    """Yield the cumulative displacement ``(B, 2, H, W)`` after 1, 2, ..``steps`` steps.
+
+    One step's field at a time, so a long forecast on a large grid never holds them all.
+    """
     disp = torch.zeros_like(velocity)
-    out = []
     for _ in range(steps):
         v = F.grid_sample(velocity, _grid(disp), mode="bilinear", padding_mode="border",
                           align_corners=True)  # fmt: skip
         disp = disp + v  # (B, 2, H, W)
-        out.append(disp)
+        yield disp
+
+
+def trajectories(velocity: Tensor, steps: int) -> Tensor:
+    """Return cumulative displacements ``(steps, B, 2, H, W)`` after 1..``steps`` steps."""
+    out = list(displacements(velocity, steps))
     if not out:
         return velocity.new_zeros((0, *velocity.shape))
     return torch.stack(out)
 
 
-def warp(field: Tensor, disp: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def warp(
+    field: Tensor, disp: Tensor, valid: Tensor | None = None, mode: str = "bilinear"
+) -> tuple[Tensor, Tensor]:
     """Sample ``field`` ``(B, C, H, W)`` at ``p + disp``; return ``(values, valid)``.
 
     ``valid`` (``(B, 1, H, W)``, 1 where ``field`` has data) travels with the values: an output
     pixel is valid when its source lies inside the grid and mostly on valid pixels. Invalid
-    output pixels hold 0.
+    output pixels hold 0. ``mode="nearest"`` takes the nearest source pixel's value instead of
+    interpolating: no new values, so the field's value distribution is not smoothed.
     """
     grid = _grid(disp)
     if valid is None:
         valid = torch.ones_like(field[:, :1])
-    values = F.grid_sample(field * valid, grid, mode="bilinear", padding_mode="zeros",
+    values = F.grid_sample(field * valid, grid, mode=mode, padding_mode="zeros",
                            align_corners=True)  # fmt: skip
-    weight = F.grid_sample(valid, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    weight = F.grid_sample(valid, grid, mode=mode, padding_mode="zeros", align_corners=True)
     inside = (grid.abs() <= 1.0 + 1e-6).all(dim=-1)[:, None]  # (B, 1, H, W)
     ok = inside & (weight > 0.5)
     # renormalise by the valid weight so no-data neighbours do not darken edges
@@ -107,10 +119,20 @@ def from_lagrangian(frames: Tensor, velocity: Tensor) -> tuple[Tensor, Tensor]:
     Returns the forecasts and their validity ``(B, L, 1, H, W)``: 0 where the echo would come
     from outside the grid (unknown, never "no rain").
     """
-    back = trajectories(-velocity, frames.shape[1])
     outs, oks = [], []
-    for k in range(frames.shape[1]):
-        f, ok = warp(frames[:, k], back[k])
+    for k, back in enumerate(displacements(-velocity, frames.shape[1])):
+        f, ok = warp(frames[:, k], back)
         outs.append(f)
         oks.append(ok)
     return torch.stack(outs, dim=1), torch.stack(oks, dim=1)
+
+
+def extrapolate(
+    field: Tensor, valid: Tensor, velocity: Tensor, steps: int, mode: str = "bilinear"
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield ``field`` ``(B, C, H, W)`` advected 1, 2, ..``steps`` steps forward: each lead's
+    values and validity, as :func:`from_lagrangian` gives a Lagrangian forecast that never
+    changes (the reference time's frame moved along the same trajectories). ``mode``: as
+    :func:`warp`'s."""
+    for back in displacements(-velocity, steps):
+        yield warp(field, back, valid, mode)

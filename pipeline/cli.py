@@ -430,9 +430,11 @@ def _add_model_inputs(p: argparse.ArgumentParser) -> None:
                    "one, see data/MODEL_CARD.md)")  # fmt: skip
     p.add_argument("--postprocess", choices=["default", *POSTPROCESS], default="default",
                    help="MIMNet output post-processing: the checkpoint's default, none, pm "
-                   "(every lead takes the last observation's value distribution) or pm-wet "
+                   "(every lead takes the last observation's value distribution), pm-wet "
                    "(every lead keeps its own rain area; the values inside it take the "
-                   "distribution of the observed rain)")  # fmt: skip
+                   "distribution of the observed rain) or pm-advected (as pm-wet, with the "
+                   "observed rain moved to each lead along the motion: rain that has left the "
+                   "grid no longer counts)")  # fmt: skip
     p.add_argument("--steps", type=_positive_int, metavar="N",
                    help="lead steps to forecast (default: the model's horizon; "
                    f"{DEFAULT_LEADS} for methods without one)")  # fmt: skip

@@ -63,8 +63,11 @@ FRAMES = ("lagrangian", "eulerian")
 #: default): "none"; "pm", every lead takes the last observation's value distribution
 #: (probability matching, as pysteps does for S-PROG); "pm-wet", every lead keeps its own rain
 #: area (>= RAIN_THRESHOLD_DBZ) and only the values inside it take the distribution of the
-#: observation's rain. Measured in data/MODEL_CARD.md.
-POSTPROCESS = ("none", "pm", "pm-wet")
+#: observation's rain; "pm-advected", as "pm-wet", but each lead's rain takes the distribution
+#: of the last observation moved to that lead along the motion (extrapolation), on the pixels
+#: the forecast covers: rain that has left the grid by then no longer counts, and rain still
+#: on it counts wherever it went. Measured in data/MODEL_CARD.md.
+POSTPROCESS = ("none", "pm", "pm-wet", "pm-advected")
 
 # ---- motion and scores
 MOTION_FRAMES = 3  # input frames for Lucas-Kanade motion

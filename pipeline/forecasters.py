@@ -236,19 +236,30 @@ def probability_match(
     empirical quantiles, resampled to the number of forecast pixels), as pysteps' empirical
     CDF matching does for S-PROG. NaN (unknown) pixels stay NaN and are left out.
 
+    ``reference``: one field ``(H, W)`` for every lead, or one per lead ``(T, H, W)``; a lead's
+    own reference counts only where that lead's forecast is known as well.
+
     ``wet_dbz``: match only the rain. Each lead keeps its own area >= ``wet_dbz`` (where the
     forecast grows or shrinks the rain, it stays so), and the values inside it take the
     distribution of the reference's values >= ``wet_dbz``; weaker pixels are left as they are.
     None: the whole field, so every lead also takes the reference's rain area.
     """
-    ref = reference[np.isfinite(reference)]
-    if wet_dbz is not None:
-        ref = ref[ref >= wet_dbz]
-    ref = np.sort(np.maximum(ref, FLOOR_DBZ))
+
+    def distribution(values: np.ndarray) -> np.ndarray:
+        if wet_dbz is not None:
+            values = values[values >= wet_dbz]
+        return np.sort(np.maximum(values, FLOOR_DBZ))
+
+    per_lead = reference.ndim == 3
+    if per_lead and reference.shape != forecast.shape:
+        raise ValueError(f"per-lead reference {reference.shape} for a forecast {forecast.shape}")
+    ref = None if per_lead else distribution(reference[np.isfinite(reference)])
     out = np.array(forecast, dtype=np.float32, copy=True)
-    if ref.size == 0:
-        return out
     for k in range(out.shape[0]):
+        if per_lead:
+            ref = distribution(reference[k][np.isfinite(reference[k]) & np.isfinite(out[k])])
+        if ref.size == 0:
+            continue
         ok = np.isfinite(out[k])
         if wet_dbz is not None:
             ok &= out[k] >= wet_dbz
@@ -526,10 +537,39 @@ class MIMNetForecaster(_ReadsEveryKthFrame):
         dbz = _mark_no_data(raw[:n_leads].copy(), inputs[-1])  # before matching: same pixels
         post = self.postprocess or spec.postprocess
         if post != "none":
-            wet = RAIN_THRESHOLD_DBZ if post == "pm-wet" else None
-            dbz = probability_match(dbz, inputs[-1], wet)
+            wet = None if post == "pm" else RAIN_THRESHOLD_DBZ
+            reference = inputs[-1]
+            if post == "pm-advected":
+                reference = self._advected_last(spec, inputs[::stride], stride, n_leads)
+            dbz = probability_match(dbz, reference, wet)
         dbz = np.where(np.isfinite(dbz) & (dbz < self.echo_threshold_dbz), NO_ECHO_DBZ, dbz)
         return _mark_no_data(dbz.astype(np.float32), inputs[-1])
+
+    @staticmethod
+    def _advected_last(spec, inputs: np.ndarray, stride: int, n_leads: int) -> np.ndarray:
+        """The last of ``inputs`` (one model step apart) moved along their motion to each of
+        ``n_leads`` archive steps ``(n_leads, H, W)``, NaN where it comes from outside the grid
+        or from no data: ``pm-advected``'s reference. On the archive's grid; the motion is the
+        one a Lagrangian model works in there (shared through motion_field's cache). Values
+        are moved to the nearest pixel, so the reference holds only observed values."""
+        import torch
+
+        from mimcast.models.advection import extrapolate
+
+        velocity = motion_field(inputs, spec.motion_frames, MODEL_MOTION_SIDE) / stride
+        last = inputs[-1]
+        known = np.isfinite(last)
+        field_ = torch.from_numpy(np.where(known, np.maximum(last, FLOOR_DBZ), FLOOR_DBZ)
+                                  .astype(np.float32))[None, None]  # fmt: skip
+        valid = torch.from_numpy(known.astype(np.float32))[None, None]
+        out = np.empty((n_leads, *last.shape), dtype=np.float32)
+        # each pixel takes the value of the pixel it comes from, not a mean of four: a
+        # bilinear move would smooth the reference's cores, and with them the matched rain
+        moved = extrapolate(field_, valid, torch.from_numpy(velocity.copy())[None], n_leads,
+                            mode="nearest")  # fmt: skip
+        for k, (values, ok) in enumerate(moved):
+            out[k] = np.where(ok[0, 0].numpy() > 0, values[0, 0].numpy(), np.nan)
+        return out
 
     def _raw(
         self, ckpt, inputs: np.ndarray, stride: int = 1, steps: int | None = None

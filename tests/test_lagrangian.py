@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from mimcast.models.advection import from_lagrangian, to_lagrangian, trajectories, warp
+from mimcast.models.advection import (
+    extrapolate,
+    from_lagrangian,
+    to_lagrangian,
+    trajectories,
+    warp,
+)
 from mimcast.pipeline.forecasters import MIMNetForecaster, get_forecaster
 from mimcast.pipeline.verify import patch_seam_ratio
 from mimcast.pipeline.zr import NO_ECHO_DBZ as NO_ECHO
@@ -51,6 +57,17 @@ def test_lagrangian_round_trip_of_a_persistent_field_is_extrapolation():
         expected = torch.from_numpy(_blob(col=20 + 2 * (k + 1)))
         torch.testing.assert_close(out[0, k, 0][inside], expected[inside], atol=1e-5, rtol=0)
         assert not inside[:, : 2 * (k + 1)].any()  # advected in from the left edge: unknown
+    # the last frame moved lead by lead, as pm-advected's reference: the same fields
+    moved = list(extrapolate(frames[:, -1], valid[:, -1], velocity, 3))
+    for k, (values, ok) in enumerate(moved):
+        torch.testing.assert_close(ok, known[:, k], atol=0, rtol=0)
+        torch.testing.assert_close(values, out[:, k], atol=1e-6, rtol=0)
+    # moved to the nearest pixel instead (pm-advected's reference): only observed values
+    slow = velocity * 0.7  # fractional displacements, where bilinear values would be new
+    observed = set(frames[0, -1, 0].flatten().tolist())
+    for values, ok in extrapolate(frames[:, -1], valid[:, -1], slow, 3, mode="nearest"):
+        assert ok.sum() > 0.9 * ok.numel()
+        assert set(values[ok > 0].tolist()) <= observed
 
 
 def test_patch_seam_ratio_detects_block_texture():
@@ -413,6 +430,54 @@ def test_wet_probability_matching_keeps_each_leads_rain_area_and_matches_only_th
     full = probability_match(forecast, reference.astype(np.float32))
     observed = np.isfinite(reference)
     assert abs((full[0] >= wet).mean() - (reference[observed] >= wet).mean()) < 0.01
+
+
+def test_probability_matching_to_one_reference_per_lead_uses_the_pixels_both_know():
+    from mimcast.pipeline.forecasters import probability_match
+
+    rng = np.random.default_rng(6)
+    wet = 10.0
+    forecast = rng.normal(15, 8, (3, 30, 40)).astype(np.float32)
+    forecast[:, :, :4] = forecast[:, :, 36:] = np.nan  # unknown at every lead
+    references = (
+        rng.gamma(2.0, 10.0, (3, 30, 40)).astype(np.float32) + 5 * np.arange(3)[:, None, None]
+    )
+    references[1, :10] = np.nan  # lead 2's reference does not reach the top rows
+    references[:, :, 36:] = 500.0  # known only to the references: must not count
+    out = probability_match(forecast, references, wet)
+    for k in range(3):
+        both = np.isfinite(references[k]) & np.isfinite(forecast[k])
+        ref_rain = np.sort(references[k][both & (references[k] >= wet)])
+        rain = np.isfinite(forecast[k]) & (forecast[k] >= wet)
+        got = np.sort(out[k][rain])
+        expect = np.quantile(ref_rain, (np.arange(got.size) + 0.5) / got.size, method="hazen")
+        np.testing.assert_allclose(got, expect, rtol=1e-5)
+        assert got.max() < 500.0
+    assert np.isnan(out[:, :, :4]).all() and np.isnan(out[:, :, 36:]).all()
+    with pytest.raises(ValueError, match="per-lead reference"):
+        probability_match(forecast, references[:2], wet)
+
+
+def test_pm_advected_matches_each_lead_to_the_observed_rain_still_on_the_grid():
+    """A strong core moves off the grid's right edge while a weaker one stays on it:
+    pm-wet keeps giving the remaining rain the departed core's intensities, pm-advected only
+    those of the rain that is still there (and, without motion, is pm-wet)."""
+    fc = get_forecaster("mimnet", device="cpu", refine=1).at_time_step(5)
+    h, w = 48, 96
+    frames = np.stack([50 * _blob(h, w, row=24, col=84 + 4 * k, sigma=4)
+                       + 28 * _blob(h, w, row=24, col=24 + 4 * k, sigma=6)
+                       for k in range(-3, 1)])  # fmt: skip
+    frames = np.where(frames > 5, frames, np.float32(NO_ECHO)).astype(np.float32)
+    wet = dataclasses.replace(fc, postprocess="pm-wet")(frames, 6)
+    moved = dataclasses.replace(fc, postprocess="pm-advected")(frames, 6)
+    for k in (3, 4, 5):  # the strong core (peak 50 dBZ at 84 + 4 (k + 1)) has left by then
+        assert np.nanmax(wet[k]) > 45, k
+        assert np.nanmax(moved[k]) < 32, k
+    np.testing.assert_array_equal(np.isnan(moved), np.isnan(wet))
+    still = np.stack([frames[-1]] * 4)  # no motion: nothing leaves, the same reference
+    np.testing.assert_allclose(dataclasses.replace(fc, postprocess="pm-advected")(still, 3),
+                               dataclasses.replace(fc, postprocess="pm-wet")(still, 3),
+                               atol=1e-3)  # fmt: skip
 
 
 def test_the_shipped_models_default_post_processing_is_the_one_its_card_states():

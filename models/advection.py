@@ -113,18 +113,31 @@ def to_lagrangian(
     return torch.stack(outs, dim=1), torch.stack(oks, dim=1)
 
 
-def from_lagrangian(frames: Tensor, velocity: Tensor) -> tuple[Tensor, Tensor]:
+def from_lagrangian(
+    frames: Tensor, velocity: Tensor, carry: tuple[Tensor, Tensor] | None = None
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """Advect Lagrangian forecasts ``(B, L, C, H, W)`` (lead 1..L) onto the Eulerian grid.
 
     Returns the forecasts and their validity ``(B, L, 1, H, W)``: 0 where the echo would come
-    from outside the grid (unknown, never "no rain").
+    from outside the grid (unknown, never "no rain"); and ``carry`` moved to every lead.
+    ``carry``: ``(field, valid)`` ``(B, C, H, W)``, moved along the same trajectories to the
+    nearest pixel, as ``extrapolate(field, valid, velocity, L, mode="nearest")`` moves it,
+    without integrating them a second time: ``(B, L, C, H, W)``, NaN where not valid (None
+    without ``carry``).
     """
     outs, oks = [], []
+    carried = None
+    if carry is not None:
+        field, valid = carry
+        carried = field.new_empty((field.shape[0], frames.shape[1], *field.shape[1:]))
     for k, back in enumerate(displacements(-velocity, frames.shape[1])):
         f, ok = warp(frames[:, k], back)
         outs.append(f)
         oks.append(ok)
-    return torch.stack(outs, dim=1), torch.stack(oks, dim=1)
+        if carried is not None:
+            values, known = warp(field, back, valid, mode="nearest")
+            carried[:, k] = torch.where(known > 0, values, torch.nan)
+    return torch.stack(outs, dim=1), torch.stack(oks, dim=1), carried
 
 
 def extrapolate(

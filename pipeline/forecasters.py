@@ -525,22 +525,27 @@ class MIMNetForecaster(_ReadsEveryKthFrame):
         key = (str(self.checkpoint), id(ckpt), hashlib.blake2b(inputs.tobytes(), digest_size=16)
                .hexdigest(), self.device, self.bf16, stride, self.time_step_minutes,
                self.grid_refine, steps)  # fmt: skip
-        raw = _RAW.get(key)
-        if raw is None:
-            r = self.grid_refine
-            raw = self._raw(ckpt, refined(inputs[::stride], r), stride, steps)
+        post = self.postprocess or spec.postprocess
+        r = self.grid_refine
+        # on the archive's grid, pm-advected's reference moves along the forecast's own
+        # trajectories: integrated once for both
+        carry = post == "pm-advected" and spec.frame == "lagrangian" and r == 1
+        entry = _RAW.get(key)
+        if entry is None:  # (an entry without the moved reference: _advected_last)
+            raw, moved = self._raw(ckpt, refined(inputs[::stride], r), stride, steps, carry)
             if r > 1:  # back to the archive's pixels
                 raw = coarsen_dbz(raw, r)
-            _RAW[key] = raw  # variants of one model at one reference time share it
+            entry = _RAW[key] = (raw, moved)  # variants of one model at one reference time
             while len(_RAW) > 4:  # a few entries: dask threads score several references
                 _RAW.pop(next(iter(_RAW)), None)
+        raw, moved = entry
         dbz = _mark_no_data(raw[:n_leads].copy(), inputs[-1])  # before matching: same pixels
-        post = self.postprocess or spec.postprocess
         if post != "none":
             wet = None if post == "pm" else RAIN_THRESHOLD_DBZ
             reference = inputs[-1]
             if post == "pm-advected":
-                reference = self._advected_last(spec, inputs[::stride], stride, n_leads)
+                reference = (self._advected_last(spec, inputs[::stride], stride, n_leads)
+                             if moved is None else moved[:n_leads])  # fmt: skip
             dbz = probability_match(dbz, reference, wet)
         dbz = np.where(np.isfinite(dbz) & (dbz < self.echo_threshold_dbz), NO_ECHO_DBZ, dbz)
         return _mark_no_data(dbz.astype(np.float32), inputs[-1])
@@ -551,18 +556,15 @@ class MIMNetForecaster(_ReadsEveryKthFrame):
         ``n_leads`` archive steps ``(n_leads, H, W)``, NaN where it comes from outside the grid
         or from no data: ``pm-advected``'s reference. On the archive's grid; the motion is the
         one a Lagrangian model works in there (shared through motion_field's cache). Values
-        are moved to the nearest pixel, so the reference holds only observed values."""
+        are moved to the nearest pixel, so the reference holds only observed values (``_raw``
+        moves it with the forecast instead where the model runs on the archive's grid)."""
         import torch
 
         from mimcast.models.advection import extrapolate
 
         velocity = motion_field(inputs, spec.motion_frames, MODEL_MOTION_SIDE) / stride
-        last = inputs[-1]
-        known = np.isfinite(last)
-        field_ = torch.from_numpy(np.where(known, np.maximum(last, FLOOR_DBZ), FLOOR_DBZ)
-                                  .astype(np.float32))[None, None]  # fmt: skip
-        valid = torch.from_numpy(known.astype(np.float32))[None, None]
-        out = np.empty((n_leads, *last.shape), dtype=np.float32)
+        field_, valid = _movable(inputs[-1])
+        out = np.empty((n_leads, *inputs.shape[1:]), dtype=np.float32)
         # each pixel takes the value of the pixel it comes from, not a mean of four: a
         # bilinear move would smooth the reference's cores, and with them the matched rain
         moved = extrapolate(field_, valid, torch.from_numpy(velocity.copy())[None], n_leads,
@@ -572,9 +574,16 @@ class MIMNetForecaster(_ReadsEveryKthFrame):
         return out
 
     def _raw(
-        self, ckpt, inputs: np.ndarray, stride: int = 1, steps: int | None = None
-    ) -> np.ndarray:
-        """Model output in dBZ on the Eulerian grid, before post-processing (NaN: unknown).
+        self,
+        ckpt,
+        inputs: np.ndarray,
+        stride: int = 1,
+        steps: int | None = None,
+        carry_last: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Model output in dBZ on the Eulerian grid, before post-processing (NaN: unknown),
+        and with ``carry_last`` (Lagrangian models) the last input moved along the same
+        trajectories to every lead, as ``_advected_last`` gives it (else None).
 
         ``steps``: model steps to predict (default: the model's horizon; a recurrent model's
         first steps do not depend on the later ones, so fewer leads cost less).
@@ -615,12 +624,16 @@ class MIMNetForecaster(_ReadsEveryKthFrame):
             if velocity is not None:
                 velocity = velocity / stride  # pixels per archive step
         known = np.ones_like(pred, dtype=bool)
+        moved = None
         if velocity is not None:
-            eul, ok = from_lagrangian(torch.from_numpy(pred)[None, :, None], velocity)
+            carry = _movable(inputs[-1]) if carry_last else None
+            eul, ok, moved = from_lagrangian(torch.from_numpy(pred)[None, :, None], velocity,
+                                             carry)  # fmt: skip
             pred, known = eul[0, :, 0].numpy(), ok[0, :, 0].numpy() > 0
+            moved = None if moved is None else moved[0, :, 0].numpy()
         dbz = norm.denormalize(pred).astype(np.float32)
         dbz[~known] = np.nan
-        return dbz
+        return dbz, moved
 
 
 def auto_refine(archive_m: float | None, training_m: float | None) -> int:
@@ -696,6 +709,17 @@ def at_time_step(forecaster, minutes: float):
     """``forecaster`` adapted to an archive with ``minutes`` between frames (see above)."""
     adapt = getattr(forecaster, "at_time_step", None)
     return forecaster if adapt is None else adapt(minutes)
+
+
+def _movable(last: np.ndarray):
+    """``last`` (H, W) as a field and its validity (1, 1, H, W) tensors to advect: no data
+    invalid, dBZ below the dry floor raised to it (as the extrapolation baselines do)."""
+    import torch
+
+    known = np.isfinite(last)
+    values = np.where(known, np.maximum(last, FLOOR_DBZ), FLOOR_DBZ).astype(np.float32)
+    return (torch.from_numpy(values)[None, None],
+            torch.from_numpy(known.astype(np.float32))[None, None])  # fmt: skip
 
 
 def _mark_no_data(forecast: np.ndarray, last: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ from mimcast.models.advection import (
     trajectories,
     warp,
 )
+from mimcast.pipeline import forecasters
 from mimcast.pipeline.forecasters import MIMNetForecaster, get_forecaster
 from mimcast.pipeline.verify import patch_seam_ratio
 from mimcast.pipeline.zr import NO_ECHO_DBZ as NO_ECHO
@@ -51,7 +52,8 @@ def test_lagrangian_round_trip_of_a_persistent_field_is_extrapolation():
     for k in range(3):
         inside = ok[0, k, 0] > 0
         torch.testing.assert_close(lag[0, k, 0][inside], lag[0, 3, 0][inside], atol=1e-5, rtol=0)
-    out, known = from_lagrangian(lag[:, -1:].expand(1, 3, 1, 48, 64), velocity)
+    out, known, none = from_lagrangian(lag[:, -1:].expand(1, 3, 1, 48, 64), velocity)
+    assert none is None
     for k in range(3):  # persistence in the moving frame = advection of the last frame
         inside = known[0, k, 0] > 0
         expected = torch.from_numpy(_blob(col=20 + 2 * (k + 1)))
@@ -65,9 +67,16 @@ def test_lagrangian_round_trip_of_a_persistent_field_is_extrapolation():
     # moved to the nearest pixel instead (pm-advected's reference): only observed values
     slow = velocity * 0.7  # fractional displacements, where bilinear values would be new
     observed = set(frames[0, -1, 0].flatten().tolist())
-    for values, ok in extrapolate(frames[:, -1], valid[:, -1], slow, 3, mode="nearest"):
+    _, _, carried = from_lagrangian(lag[:, -1:].expand(1, 3, 1, 48, 64), slow,
+                                    (frames[:, -1], valid[:, -1]))  # fmt: skip
+    for k, (values, ok) in enumerate(
+        extrapolate(frames[:, -1], valid[:, -1], slow, 3, mode="nearest")
+    ):
         assert ok.sum() > 0.9 * ok.numel()
         assert set(values[ok > 0].tolist()) <= observed
+        # moved along with a forecast: the same values, NaN where not valid
+        torch.testing.assert_close(carried[:, k], torch.where(ok > 0, values, torch.nan),
+                                   atol=0, rtol=0, equal_nan=True)  # fmt: skip
 
 
 def test_patch_seam_ratio_detects_block_texture():
@@ -474,6 +483,12 @@ def test_pm_advected_matches_each_lead_to_the_observed_rain_still_on_the_grid():
         assert np.nanmax(wet[k]) > 45, k
         assert np.nanmax(moved[k]) < 32, k
     np.testing.assert_array_equal(np.isnan(moved), np.isnan(wet))
+    # alone, pm-advected moves its reference along the forecast's own trajectories (pm-wet's
+    # forecast, cached above, had none): the same reference, so the same nowcast
+    forecasters._RAW.clear()
+    alone = dataclasses.replace(fc, postprocess="pm-advected")(frames, 6)
+    assert next(iter(forecasters._RAW.values()))[1] is not None
+    np.testing.assert_array_equal(alone, moved)
     still = np.stack([frames[-1]] * 4)  # no motion: nothing leaves, the same reference
     np.testing.assert_allclose(dataclasses.replace(fc, postprocess="pm-advected")(still, 3),
                                dataclasses.replace(fc, postprocess="pm-wet")(still, 3),

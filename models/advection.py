@@ -125,19 +125,19 @@ def from_lagrangian(
     without integrating them a second time: ``(B, L, C, H, W)``, NaN where not valid (None
     without ``carry``).
     """
-    outs, oks = [], []
+    b, n, _, h, w = frames.shape
+    # filled lead by lead: on a large grid a list of leads and its stacked copy would be two
+    outs, oks = torch.empty_like(frames), frames.new_empty((b, n, 1, h, w))
     carried = None
     if carry is not None:
         field, valid = carry
-        carried = field.new_empty((field.shape[0], frames.shape[1], *field.shape[1:]))
-    for k, back in enumerate(displacements(-velocity, frames.shape[1])):
-        f, ok = warp(frames[:, k], back)
-        outs.append(f)
-        oks.append(ok)
+        carried = field.new_empty((field.shape[0], n, *field.shape[1:]))
+    for k, back in enumerate(displacements(-velocity, n)):
+        outs[:, k], oks[:, k] = warp(frames[:, k], back)
         if carried is not None:
             values, known = warp(field, back, valid, mode="nearest")
             carried[:, k] = torch.where(known > 0, values, torch.nan)
-    return torch.stack(outs, dim=1), torch.stack(oks, dim=1), carried
+    return outs, oks, carried
 
 
 def extrapolate(

@@ -539,6 +539,8 @@ class MIMNetForecaster(_ReadsEveryKthFrame):
             while len(_RAW) > 4:  # a few entries: dask threads score several references
                 _RAW.pop(next(iter(_RAW)), None)
         raw, moved = entry
+        if moved is not None and _RAW.get(key) is entry:  # used once; not held while the
+            _RAW[key] = (raw, None)  # products are written (a repeat: _advected_last)
         dbz = _mark_no_data(raw[:n_leads].copy(), inputs[-1])  # before matching: same pixels
         if post != "none":
             wet = None if post == "pm" else RAIN_THRESHOLD_DBZ
@@ -629,9 +631,11 @@ class MIMNetForecaster(_ReadsEveryKthFrame):
             carry = _movable(inputs[-1]) if carry_last else None
             eul, ok, moved = from_lagrangian(torch.from_numpy(pred)[None, :, None], velocity,
                                              carry)  # fmt: skip
-            pred, known = eul[0, :, 0].numpy(), ok[0, :, 0].numpy() > 0
+            known = ok[0, :, 0].numpy() > 0
+            del ok  # a float per pixel and lead: gigabytes on the largest grids
+            pred = eul[0, :, 0].numpy()
             moved = None if moved is None else moved[0, :, 0].numpy()
-        dbz = norm.denormalize(pred).astype(np.float32)
+        dbz = norm.denormalize(pred).astype(np.float32, copy=False)
         dbz[~known] = np.nan
         return dbz, moved
 

@@ -467,7 +467,7 @@ def test_probability_matching_to_one_reference_per_lead_uses_the_pixels_both_kno
         probability_match(forecast, references[:2], wet)
 
 
-def test_pm_advected_matches_each_lead_to_the_observed_rain_still_on_the_grid():
+def test_pm_advected_matches_each_lead_to_the_observed_rain_still_on_the_grid(monkeypatch):
     """A strong core moves off the grid's right edge while a weaker one stays on it:
     pm-wet keeps giving the remaining rain the departed core's intensities, pm-advected only
     those of the rain that is still there (and, without motion, is pm-wet)."""
@@ -486,9 +486,13 @@ def test_pm_advected_matches_each_lead_to_the_observed_rain_still_on_the_grid():
     # alone, pm-advected moves its reference along the forecast's own trajectories (pm-wet's
     # forecast, cached above, had none): the same reference, so the same nowcast
     forecasters._RAW.clear()
-    alone = dataclasses.replace(fc, postprocess="pm-advected")(frames, 6)
-    assert next(iter(forecasters._RAW.values()))[1] is not None
+    with monkeypatch.context() as m:  # the separate path must not run
+        m.setattr(MIMNetForecaster, "_advected_last", None)
+        alone = dataclasses.replace(fc, postprocess="pm-advected")(frames, 6)
     np.testing.assert_array_equal(alone, moved)
+    # the moved reference is not kept once used: a repeat takes the separate path
+    np.testing.assert_array_equal(dataclasses.replace(fc, postprocess="pm-advected")(frames, 6),
+                                  moved)  # fmt: skip
     still = np.stack([frames[-1]] * 4)  # no motion: nothing leaves, the same reference
     np.testing.assert_allclose(dataclasses.replace(fc, postprocess="pm-advected")(still, 3),
                                dataclasses.replace(fc, postprocess="pm-wet")(still, 3),

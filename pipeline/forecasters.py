@@ -530,17 +530,14 @@ class MIMNetForecaster(_ReadsEveryKthFrame):
         # on the archive's grid, pm-advected's reference moves along the forecast's own
         # trajectories: integrated once for both
         carry = post == "pm-advected" and spec.frame == "lagrangian" and r == 1
-        entry = _RAW.get(key)
-        if entry is None:  # (an entry without the moved reference: _advected_last)
+        raw, moved = _RAW.get(key), None  # the moved reference is not cached: not held
+        if raw is None:  # while the products are written (a cache hit: _advected_last)
             raw, moved = self._raw(ckpt, refined(inputs[::stride], r), stride, steps, carry)
             if r > 1:  # back to the archive's pixels
                 raw = coarsen_dbz(raw, r)
-            entry = _RAW[key] = (raw, moved)  # variants of one model at one reference time
+            _RAW[key] = raw  # variants of one model at one reference time share it
             while len(_RAW) > 4:  # a few entries: dask threads score several references
                 _RAW.pop(next(iter(_RAW)), None)
-        raw, moved = entry
-        if moved is not None and _RAW.get(key) is entry:  # used once; not held while the
-            _RAW[key] = (raw, None)  # products are written (a repeat: _advected_last)
         dbz = _mark_no_data(raw[:n_leads].copy(), inputs[-1])  # before matching: same pixels
         if post != "none":
             wet = None if post == "pm" else RAIN_THRESHOLD_DBZ

@@ -218,6 +218,25 @@ def train_all(
     return runs
 
 
+def model_forecasters(variant: str, checkpoint: str | Path, **options) -> dict[str, Any]:
+    """One model's forecasters, one per post-processing, labelled as the scores name them
+    (``mimnet-<variant>`` and ``mimnet-<variant>-<post>``); ``options`` go to each
+    :class:`~mimcast.pipeline.forecasters.MIMNetForecaster`.
+
+    Called in this order at a reference time, they integrate the motion once: pm-advected
+    comes first, moving the last observation along the trajectories of the forecast it
+    computes, and the others take that forecast from the cache. (The example maps, drawn
+    afterwards from the cache, move pm-advected's reference separately.)
+    """
+    from mimcast.pipeline.forecasters import MIMNetForecaster
+
+    labels = {}
+    for post in sorted(POSTPROCESS, key=lambda p: p != "pm-advected"):
+        label = f"mimnet-{variant}" + ("" if post == "none" else f"-{post}")
+        labels[label] = MIMNetForecaster(str(checkpoint), postprocess=post, **options)
+    return labels
+
+
 def _lead_steps(scores, step: int):
     """Scores keyed by lead step instead of minutes (archives differ in time step)."""
     out = copy.deepcopy(scores)
@@ -245,7 +264,7 @@ def evaluate_all(
     from mimcast.pipeline.atomic import atomic_write_json
     from mimcast.pipeline.cube import open_cube, step_minutes
     from mimcast.pipeline.evaluation import EvaluationPlan, finish_evaluation, methods_at_step
-    from mimcast.pipeline.forecasters import MIMNetForecaster, get_forecaster
+    from mimcast.pipeline.forecasters import get_forecaster
     from mimcast.pipeline.plots import difference_curves, skill_curves
     from mimcast.pipeline.significance import (
         differences,
@@ -271,10 +290,7 @@ def evaluate_all(
             if not best.exists():
                 log.info(f"{name}: no {variant} model ({best}); left out")
                 continue
-            for post in POSTPROCESS:
-                label = f"mimnet-{variant}" + ("" if post == "none" else f"-{post}")
-                forecasters[label] = MIMNetForecaster(str(best), device=device, postprocess=post,
-                                                      refine=refine)  # fmt: skip
+            forecasters |= model_forecasters(variant, best, device=device, refine=refine)
         for base in baselines:
             forecasters[base] = get_forecaster(base)
         cube = open_cube(cube_path)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mimcast.pipeline.synthetic import SyntheticConfig, synthetic_cube
@@ -125,6 +126,34 @@ def test_a_method_missing_from_an_archive_is_left_out_of_the_pool(tmp_path, capl
     assert ("a", "mimnet-lagrangian") in kept  # its own archive's rows stay
     assert "mimnet-lagrangian: not scored on b; left out of the pooled" in caplog.text
     assert "pooling b as scored on 2026-11-28T00:00:00Z in fp32" in caplog.text
+
+
+def test_every_post_processing_is_scored_from_one_integration_of_the_trajectories(
+    tmp_path, monkeypatch
+):
+    # pm-advected's reference moves along the trajectories of the forecast it computes; called
+    # first, it leaves that forecast cached for the others, which never need the separate path
+    from mimcast.pipeline import forecasters, loao
+    from mimcast.pipeline.cube import open_cube
+    from mimcast.pipeline.defaults import DATA, POSTPROCESS
+
+    cube = open_cube(_cube(tmp_path / "a.zarr", 20, 5))
+    models = loao.model_forecasters("lagrangian", DATA / "mimnet_real.safetensors")
+    assert len(models) == len(POSTPROCESS)
+    models = {label: forecasters.for_cube(fc, cube) for label, fc in models.items()}
+    inputs = cube["reflectivity"].values[4:8]
+
+    def again(*args, **kwargs):
+        raise AssertionError("the trajectories were integrated a second time")
+
+    monkeypatch.setattr(forecasters, "_RAW", {})
+    separate = {label: fc(inputs, 12) for label, fc in models.items()}  # the cache filled
+    monkeypatch.setattr(forecasters, "_RAW", {})
+    monkeypatch.setattr(forecasters.MIMNetForecaster, "_advected_last", staticmethod(again))
+    for label, fc in models.items():  # in loao's order: pm-advected never calls it
+        np.testing.assert_array_equal(fc(inputs, 12), separate[label])
+    with pytest.raises(AssertionError, match="a second time"):  # the test's premise: the
+        models["mimnet-lagrangian-pm-advected"](inputs, 12)  # cached forecast would call it
 
 
 def test_scoring_another_method_into_dir_adds_it_to_the_archives_stored_scores(tmp_path, caplog):

@@ -230,11 +230,11 @@ def model_forecasters(variant: str, checkpoint: str | Path, **options) -> dict[s
     """
     from mimcast.pipeline.forecasters import MIMNetForecaster
 
-    labels = {}
+    forecasters = {}
     for post in sorted(POSTPROCESS, key=lambda p: p != "pm-advected"):
         label = f"mimnet-{variant}" + ("" if post == "none" else f"-{post}")
-        labels[label] = MIMNetForecaster(str(checkpoint), postprocess=post, **options)
-    return labels
+        forecasters[label] = MIMNetForecaster(str(checkpoint), postprocess=post, **options)
+    return forecasters
 
 
 def _lead_steps(scores, step: int):

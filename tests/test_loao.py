@@ -441,3 +441,38 @@ def test_a_run_that_holds_an_archive_out_cannot_start_from_weights_that_saw_it(t
     assert not (out / "folds").exists()  # checked before any run trained (final and b too)
     loao.train_one(pack, out, tuned, "b", "lagrangian", ["a", "b"])  # it never saw b
     assert (out / "folds" / "b" / "lagrangian" / "best.safetensors").exists()
+
+
+def test_the_model_cards_pooled_row_of_pm_advected_against_pm_wet_is_what_the_stored_scores_give():
+    # data/MODEL_CARD.md, "Post-processing against the rain still on the grid": leads where
+    # pm-advected is better than pm-wet, pooled by lead step over every stored archive
+    import json
+
+    from mimcast.pipeline import loao
+    from mimcast.pipeline.defaults import DATA
+    from mimcast.pipeline.verify import Scores, VerifyOptions
+
+    stored = sorted((DATA / "loao_experiments" / "pm-advected").glob("*.json"))
+    pooled = None
+    for path in stored:
+        record = json.loads(path.read_text())
+        scores = Scores.from_state(record["scores"], VerifyOptions())
+        scores = loao._lead_steps(scores, record["step_minutes"])
+        pooled = scores if pooled is None else pooled.merge(scores)
+    values = {(r["method"], r["metric"], r["threshold"], r["lead_time"]): r["value"]
+              for r in pooled.table()}  # fmt: skip
+    a, b = "mimnet-lagrangian-pm-advected", "mimnet-lagrangian-pm-wet"
+    cells = []
+    for metric, threshold, sign, digits in (("CSI", "20 dBZ", 1, 4), ("CSI", "30 dBZ", 1, 4),
+                                            ("CSI", "40 dBZ", 1, 4), ("MSE", "", -1, 2),
+                                            ("FSS", "30 dBZ @ 11 px", 1, 4)):  # fmt: skip
+        leads = sorted(k[3] for k in values if k[:3] == (a, metric, threshold))
+        diff = [
+            values[(a, metric, threshold, n)] - values[(b, metric, threshold, n)] for n in leads
+        ]
+        text = f"{sum(sign * d > 0 for d in diff)}/{len(leads)} ({min(diff):+.{digits}f}.."
+        cells.append((text + f"{max(diff):+.{digits}f})").replace("-", "−"))
+    assert len(stored) == 7
+    line = "| all seven, pooled by lead step | " + " | ".join(cells) + " |"
+    card = (DATA / "MODEL_CARD.md").read_text()
+    assert line in card, f"the card's pooled row is not\n{line}"

@@ -377,6 +377,18 @@ def test_loao_trains_each_fold_in_parallel_and_pools_the_scores(tmp_path):
         assert {r["archive"] for r in csv.DictReader(fh)} == {"a", "b"}
 
 
+def _stored_scores_as_loao_keeps_them(folder: str, out: Path) -> Path:
+    """data/<folder>/<archive>.json copied to out/evaluation/<archive>/, as loao stores them."""
+    from mimcast.pipeline import loao
+    from mimcast.pipeline.defaults import DATA
+
+    for stored in sorted((DATA / folder).glob("*.json")):
+        where = out / "evaluation" / stored.stem
+        where.mkdir(parents=True)
+        shutil.copy(stored, where / loao.ACCUMULATORS)
+    return out
+
+
 @pytest.mark.parametrize(("folder", "method"), [
     ("loao", "mimnet-lagrangian-pm-wet"),  # the seven-archive table
     ("loao_experiments/pm-advected", "mimnet-lagrangian-pm-advected"),  # its default
@@ -388,11 +400,7 @@ def test_the_model_cards_intervals_at_60_minutes_are_what_the_stored_scores_give
     from mimcast.pipeline import loao
     from mimcast.pipeline.defaults import DATA
 
-    for stored in sorted((DATA / folder).glob("*.json")):
-        where = tmp_path / "evaluation" / stored.stem
-        where.mkdir(parents=True)
-        shutil.copy(stored, where / loao.ACCUMULATORS)
-    loao.evaluate_all([], tmp_path, progress=False)
+    loao.evaluate_all([], _stored_scores_as_loao_keeps_them(folder, tmp_path), progress=False)
     with (tmp_path / "pooled_minutes" / "differences.csv").open() as fh:
         rows = [r for r in csv.DictReader(fh) if r["lead_time"] == "60"
                 and r["method"] == method]  # fmt: skip
@@ -443,22 +451,20 @@ def test_a_run_that_holds_an_archive_out_cannot_start_from_weights_that_saw_it(t
     assert (out / "folds" / "b" / "lagrangian" / "best.safetensors").exists()
 
 
-def test_the_model_cards_pooled_row_of_pm_advected_against_pm_wet_is_what_the_stored_scores_give():
+def test_the_model_cards_pooled_row_of_pm_advected_against_pm_wet_is_what_the_stored_scores_give(
+    tmp_path,
+):
     # data/MODEL_CARD.md, "Post-processing against the rain still on the grid": leads where
     # pm-advected is better than pm-wet, pooled by lead step over every stored archive
-    import json
-
     from mimcast.pipeline import loao
     from mimcast.pipeline.defaults import DATA
     from mimcast.pipeline.verify import Scores, VerifyOptions
 
-    stored = sorted((DATA / "loao_experiments" / "pm-advected").glob("*.json"))
-    pooled = None
-    for path in stored:
-        record = json.loads(path.read_text())
-        scores = Scores.from_state(record["scores"], VerifyOptions())
-        scores = loao._lead_steps(scores, record["step_minutes"])
-        pooled = scores if pooled is None else pooled.merge(scores)
+    out = _stored_scores_as_loao_keeps_them("loao_experiments/pm-advected", tmp_path)
+    stored = loao._stored_archives(out)
+    pooled = Scores(VerifyOptions())
+    for _, record, minutes in stored:
+        pooled.merge(loao._lead_steps(minutes, record["step_minutes"]))
     values = {(r["method"], r["metric"], r["threshold"], r["lead_time"]): r["value"]
               for r in pooled.table()}  # fmt: skip
     a, b = "mimnet-lagrangian-pm-advected", "mimnet-lagrangian-pm-wet"
